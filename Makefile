@@ -1,0 +1,33 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first (idempotently).
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PROFILE ?= mad
+export AIIDA_PATH ?= $(CURDIR)/.aiida
+export PATH := $(VENV)/bin:$(PATH)
+# Debian packages the test suite needs besides those of a plain setup (services the tests start themselves).
+TEST_APT :=
+SETUP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench lint format
+
+setup:
+	./setup_profile.sh --profile $(PROFILE) $(SETUP_ARGS)
+
+demo: setup
+	aiida-mad -p $(PROFILE) demo
+
+test:
+	./setup_profile.sh --profile $(PROFILE) $(addprefix --apt ,$(TEST_APT)) $(SETUP_ARGS)
+	pytest $(PYTEST_ARGS)
+
+bench: setup
+	python bench/run.py
+
+lint:
+	ruff check .
+	ruff format --check .
+
+format:
+	ruff check --fix .
+	ruff format .

@@ -1,0 +1,10 @@
+"""Command line interface ``aiida-mad``."""
+
+from .demo import cmd_demo
+from .root import cmd_root
+from .setup import cmd_setup
+
+cmd_root.add_command(cmd_demo)
+cmd_root.add_command(cmd_setup)
+
+__all__ = ('cmd_root',)

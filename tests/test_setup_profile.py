@@ -1,0 +1,71 @@
+"""``setup_profile.sh``: a real run in a scratch AIIDA_PATH, twice (the second a no-op), and its bad input."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = REPO / 'setup_profile.sh'
+
+
+def run_script(*args, env_overrides=None, timeout=900):
+    env = {**os.environ, 'MAD_VENV': sys.prefix, **(env_overrides or {})}
+    return subprocess.run(
+        ['bash', str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def scratch_aiida_path(tmp_path):
+    """Yield a scratch AIIDA_PATH; stop the daemon of the scratch profile afterwards, whatever happened."""
+    yield tmp_path
+    subprocess.run(
+        [f'{sys.prefix}/bin/verdi', '-p', 'mad-scratch', 'daemon', 'stop'],
+        env={**os.environ, 'AIIDA_PATH': str(tmp_path)},
+        capture_output=True,
+        check=False,
+    )
+
+
+def test_second_run_is_a_no_op(scratch_aiida_path):
+    env = {'AIIDA_PATH': str(scratch_aiida_path)}
+    first = run_script('--profile', 'mad-scratch', env_overrides=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert 'created profile mad-scratch' in first.stdout
+    assert 'code pw@localhost' in first.stdout
+    assert 'started the daemon of mad-scratch' in first.stdout
+    assert 'setup complete.' in first.stdout
+    assert (scratch_aiida_path / '.aiida' / 'config.json').is_file()
+
+    second = run_script('--profile', 'mad-scratch', env_overrides=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert 'nothing changed: everything was already set up.' in second.stdout
+    for made in ('created profile', 'started the daemon', ': created'):
+        assert made not in second.stdout
+
+    status = subprocess.run(
+        [f'{sys.prefix}/bin/verdi', '-p', 'mad-scratch', 'daemon', 'status'],
+        env={**os.environ, 'AIIDA_PATH': str(scratch_aiida_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_unknown_option_prints_usage():
+    result = run_script('--no-such-option')
+    assert result.returncode == 2
+    assert "unknown option '--no-such-option'" in result.stderr
+    assert 'Usage: ./setup_profile.sh' in result.stderr
+
+
+def test_failing_step_is_named(tmp_path):
+    result = run_script('--profile', 'never-made', env_overrides={'AIIDA_PATH': str(tmp_path), 'PYTHON': 'false'})
+    assert result.returncode != 0
+    assert "step 'Python environment' failed" in result.stderr
+    assert 'What to do:' in result.stderr
+    assert not (tmp_path / '.aiida').exists()
