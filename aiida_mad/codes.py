@@ -59,3 +59,36 @@ def ensure_installed_code(
         description=description,
     )
     return code.store(), True
+
+
+def detect_pw_version(executable: str, *, timeout: float = 60) -> str:
+    """Return the version pw.x prints in its header (``'6.7MaX'``), by running it with an empty input.
+
+    Only for executables on this machine; for codes on remote computers declare the version instead.
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
+    try:
+        # pw.x writes a CRASH file into its working directory when the input is empty: keep it out of the user's.
+        with tempfile.TemporaryDirectory() as workdir:
+            result = subprocess.run(
+                [executable],
+                input='',
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                check=False,
+                cwd=workdir,
+            )
+    except (OSError, subprocess.TimeoutExpired) as exception:
+        raise ValueError(f'could not run `{executable}` to read its version: {exception}') from exception
+    match = re.search(r'Program PWSCF v\.?(\S+) starts', result.stdout + result.stderr)
+    if not match:
+        raise ValueError(f'`{executable}` printed no PWSCF version header: is it pw.x?')
+    return match.group(1)

@@ -31,14 +31,20 @@ def pw_code(aiida_localhost, aiida_code_installed):
 
     if not os.path.exists(PW_EXECUTABLE):
         pytest.fail(f'pw.x not found at {PW_EXECUTABLE}: install the Debian package quantum-espresso (make setup)')
+    from aiida_mad.codes import detect_pw_version
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
+
     aiida_localhost.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
-    return aiida_code_installed(
+    code = aiida_code_installed(
         label='pw',
         default_calc_job_plugin='quantumespresso.pw',
         filepath_executable=PW_EXECUTABLE,
         with_mpi=True,
         prepend_text=pw_prepend_text(),
     )
+    if not code.base.extras.get(CODE_VERSION_EXTRA, None):
+        code.base.extras.set(CODE_VERSION_EXTRA, detect_pw_version(PW_EXECUTABLE))
+    return code
 
 
 @pytest.fixture

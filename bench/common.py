@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: the result row and a profile to run them in."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+
+
+@dataclasses.dataclass
+class Row:
+    """One comparison: the project's way (``ours``) next to the naive or default way (``baseline``).
+
+    ``higher_is_better`` says how to read the unit (a rate or a time); ``ratio`` is always "how many times better".
+    """
+
+    name: str
+    ours: float
+    baseline: float
+    unit: str
+    higher_is_better: bool
+    note: str = ''
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.ours / self.baseline
+        return self.baseline / self.ours
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.name, f'{self.ours:.4g}', f'{self.baseline:.4g}', self.unit, f'{self.ratio:.2f}x')
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), 'ratio': self.ratio}
+
+
+@contextlib.contextmanager
+def temporary_profile(broker: str | None = None):
+    """Create and load a throw-away SQLite profile (optionally with a broker) in a temporary AIIDA_PATH.
+
+    Benchmarks never touch the user's profiles: everything they store disappears with the temporary folder.
+    """
+    import os
+    import pathlib
+
+    from aiida.manage.configuration import create_profile, get_config, profile_context, reset_config, settings
+
+    with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-') as dirpath:
+        previous = os.environ.get(settings.DEFAULT_AIIDA_PATH_VARIABLE)
+        config_dir = pathlib.Path(dirpath) / settings.DEFAULT_CONFIG_DIR_NAME
+        os.environ[settings.DEFAULT_AIIDA_PATH_VARIABLE] = str(config_dir)
+        reset_config()
+        settings.AiiDAConfigDir.set(config_dir)
+        config = get_config(create=True)
+        profile = create_profile(
+            config,
+            storage_backend='core.sqlite_dos',
+            storage_config={'filepath': str(config_dir / 'storage')},
+            broker_backend=broker,
+            broker_config=None,
+            name='bench',
+            email='bench@localhost',
+            is_test_profile=True,
+        )
+        config.set_default_profile(profile.name)
+        config.store()
+        try:
+            with profile_context(profile, allow_switch=True):
+                yield profile
+        finally:
+            reset_config()
+            if previous is None:
+                os.environ.pop(settings.DEFAULT_AIIDA_PATH_VARIABLE, None)
+            else:
+                os.environ[settings.DEFAULT_AIIDA_PATH_VARIABLE] = previous
