@@ -6,7 +6,6 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
-
 #: Units of the outputs, stored with them in ``properties``.
 UNITS = {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3 (ASE sign: positive = tensile)', 'dos': 'states/eV'}
 
