@@ -1,10 +1,12 @@
 """Command line interface ``aiida-mad``."""
 
 from .demo import cmd_demo
+from .dft import cmd_dft
 from .root import cmd_root
 from .setup import cmd_setup
 
 cmd_root.add_command(cmd_demo)
+cmd_root.add_command(cmd_dft)
 cmd_root.add_command(cmd_setup)
 
 __all__ = ('cmd_root',)

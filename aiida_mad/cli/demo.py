@@ -4,6 +4,7 @@ import click
 from aiida.cmdline.utils import decorators, echo
 
 from . import params
+from .utils import require_daemon
 
 
 def describe_job(calculation) -> str:
@@ -25,7 +26,6 @@ def cmd_demo(code, pseudo_family, timeout):
 
     import numpy as np
     from aiida.engine import submit
-    from aiida.engine.daemon.client import get_daemon_client
     from aiida.orm import CalcJobNode, Group
     from rich.console import Console
 
@@ -39,12 +39,7 @@ def cmd_demo(code, pseudo_family, timeout):
             f'pseudo family `{pseudo_family}` is not installed (run `aiida-mad setup localhost`)',
             param_hint='--pseudo-family',
         )
-    client = get_daemon_client()
-    if not client.is_daemon_running:
-        echo.echo_critical(
-            f'the daemon of profile `{client.profile.name}` is not running: start it with '
-            f'`verdi -p {client.profile.name} daemon start`'
-        )
+    require_daemon()
 
     node = submit(get_demo_builder(code, pseudo_family))
     echo.echo_report(f'submitted PwBaseWorkChain<{node.pk}> for bulk Si with {code.full_label}')

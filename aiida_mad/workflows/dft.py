@@ -36,6 +36,9 @@ LOCKED_SYSTEM_KEYS = (
     'tot_magnetization',
 )
 
+#: Protocol keys that are level-of-theory rules applied to every structure (input ``rules`` of the work chain).
+RULE_KEYS = ('code_name', 'functional', 'vacuum', 'coulomb_truncation')
+
 #: Extra on the code that says which version of pw.x it runs (its major version enters the fingerprint).
 CODE_VERSION_EXTRA = 'mad_code_version'
 
@@ -229,14 +232,7 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         builder.structure = structure
         builder.pseudo_family = orm.Str(family.label)
         builder.kpoints_distance = orm.Float(inputs['kpoints_distance'])
-        builder.rules = orm.Dict(
-            {
-                'code_name': inputs['code_name'],
-                'functional': inputs['functional'],
-                'vacuum': inputs['vacuum'],
-                'coulomb_truncation': inputs['coulomb_truncation'],
-            }
-        )
+        builder.rules = orm.Dict({key: inputs[key] for key in RULE_KEYS})
         builder.outlier_max_force = orm.Float(thresholds.get(subset, thresholds['default']))
         if subset:
             builder.subset = orm.Str(subset)
@@ -267,7 +263,7 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         except (ValueError, DimensionalityError) as exception:
             return str(exception)
         rules = value['rules'].get_dict() if 'rules' in value else {}
-        missing = {'code_name', 'functional', 'vacuum', 'coulomb_truncation'} - set(rules)
+        missing = set(RULE_KEYS) - set(rules)
         if missing:
             return f'`rules` lacks {sorted(missing)}'
         parameters = value['scf']['pw']['parameters'].get_dict()
@@ -280,7 +276,7 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     def setup(self):
         """Compute the fingerprint of the level of theory this run will use; stop if the code version is unknown."""
-        from aiida_mad.fingerprint import fingerprint, level_of_theory
+        from aiida_mad.fingerprint import fingerprint
 
         code = self.inputs.scf.pw.code
         try:
@@ -288,22 +284,12 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         except ValueError as exception:
             return self.exit_codes.ERROR_CODE_VERSION_UNKNOWN.format(message=str(exception))
         family = load_family(self.inputs.pseudo_family.value)
-        rules = self.inputs.rules.get_dict()
-        system = self.inputs.scf.pw.parameters.get_dict()['SYSTEM']
-        theory = level_of_theory(
-            code_name=rules['code_name'],
-            code_version=version,
-            functional=rules['functional'],
-            pseudo_family=family.label,
-            pseudo_md5={pseudo.element: pseudo.md5 for pseudo in family.nodes},
-            ecutwfc=system['ecutwfc'],
-            ecutrho=system['ecutrho'],
-            smearing=system['smearing'],
-            degauss=system['degauss'],
-            kpoints_distance=self.inputs.kpoints_distance.value,
-            nspin=system.get('nspin', 1),
-            vacuum=rules['vacuum'],
-            coulomb_truncation=rules['coulomb_truncation'],
+        theory = compute_level_of_theory(
+            code,
+            family,
+            self.inputs.rules.get_dict(),
+            self.inputs.scf.pw.parameters.get_dict()['SYSTEM'],
+            self.inputs.kpoints_distance.value,
         )
         self.ctx.level_of_theory = theory
         self.ctx.fingerprint = fingerprint(theory)
@@ -471,6 +457,38 @@ def code_version(code: orm.AbstractCode) -> str:
             f'`aiida-mad setup code-version {code.full_label}` (or set the extra `{CODE_VERSION_EXTRA}`, e.g. "7.2")'
         )
     return str(version)
+
+
+def compute_level_of_theory(code, family, rules: dict, system: dict, kpoints_distance: float) -> dict:
+    """Return the level-of-theory dictionary (see ``aiida_mad.fingerprint``) of a run with these inputs."""
+    from aiida_mad.fingerprint import level_of_theory
+
+    return level_of_theory(
+        code_name=rules['code_name'],
+        code_version=code_version(code),
+        functional=rules['functional'],
+        pseudo_family=family.label,
+        pseudo_md5={pseudo.element: pseudo.md5 for pseudo in family.nodes},
+        ecutwfc=system['ecutwfc'],
+        ecutrho=system['ecutrho'],
+        smearing=system['smearing'],
+        degauss=system['degauss'],
+        kpoints_distance=kpoints_distance,
+        nspin=system.get('nspin', 1),
+        vacuum=rules['vacuum'],
+        coulomb_truncation=rules['coulomb_truncation'],
+    )
+
+
+def protocol_fingerprint(code, protocol: str | None = None, overrides: dict | None = None) -> str:
+    """Return the fingerprint that ``MadDftWorkChain`` runs of this protocol on this code will carry."""
+    from aiida_mad.fingerprint import fingerprint
+
+    inputs = MadDftWorkChain.get_protocol_inputs(protocol, overrides)
+    rules = {key: inputs[key] for key in RULE_KEYS}
+    family = load_family(inputs['pseudo_family'])
+    system = inputs['pw']['parameters']['SYSTEM']
+    return fingerprint(compute_level_of_theory(code, family, rules, system, inputs['kpoints_distance']))
 
 
 def occupied_bands(structure: orm.StructureData, family) -> int:

