@@ -215,7 +215,7 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
     from aiida.engine import submit
 
     from aiida_mad.export.atomic_energies import write_atomic_energies_csv
-    from aiida_mad.structures.elements import UnknownElementError, element_pool
+    from aiida_mad.structures.elements import UnknownElementError, element_pool, validate_symbols
     from aiida_mad.workflows.dft import MadDftWorkChain, load_family
     from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain
 
@@ -224,12 +224,12 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
     overrides = build_overrides(pseudo_family)
     try:
         family = load_family(MadDftWorkChain.get_protocol_inputs(protocol, overrides)['pseudo_family'])
-        pool = element_pool(family.elements)
         if elements:
-            pool = element_pool(family.elements, include=elements)
-            outside = sorted(set(elements) - set(pool))
+            validate_symbols(elements)
+            outside = sorted(set(elements) - set(family.elements))
             if outside:
                 raise UnknownElementError(f'no pseudopotential in `{family.label}` for {", ".join(outside)}')
+        pool = element_pool(family.elements, include=elements or None)
         builder = IsolatedAtomsWorkChain.get_builder_from_protocol(
             code, pool, protocol, overrides, options=build_options(num_mpiprocs_per_machine, None)
         )
