@@ -23,9 +23,9 @@ class Parallelization:
     cores: int
 
     @property
-    def cmdline(self) -> list[str]:
-        """Return the pw.x command-line arguments (empty for one pool)."""
-        return ['-nk', str(self.npool)] if self.npool > 1 else []
+    def flags(self) -> dict[str, int]:
+        """Return the ``parallelization`` input of aiida-quantumespresso (pw.x ``-npool``; empty for one pool)."""
+        return {'npool': self.npool} if self.npool > 1 else {}
 
     def as_dict(self) -> dict:
         """Return the policy's choice as a plain dictionary (to record with the results)."""

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-pytest_plugins = ['aiida.tools.pytest_fixtures']
+pytest_plugins = ['aiida.tools.pytest_fixtures', 'tests.slurm_fixtures']
 
 PW_EXECUTABLE = shutil.which('pw.x') or '/usr/bin/pw.x'
 
@@ -22,6 +22,39 @@ def aiida_profile(aiida_config, aiida_profile_factory):
     """Override aiida-core's session profile: SQLite storage plus the ZeroMQ broker, so ``submit`` works too."""
     with aiida_profile_factory(aiida_config, broker_backend='core.zeromq') as profile:
         yield profile
+
+
+@pytest.fixture(scope='session')
+def daemon_client(aiida_profile):
+    """Override aiida-core's fixture: stop the daemon at the end even when circus answers too slowly.
+
+    On a loaded 2-core machine circus can miss its call timeout; the daemon (and its workers, which it started in
+    its own process group) are then stopped with SIGTERM, so that no daemon outlives the test session.
+    """
+    import signal
+    import time
+
+    from aiida.engine.daemon import get_daemon_client
+    from aiida.engine.daemon.client import DaemonException
+
+    client = get_daemon_client(aiida_profile.name)
+    try:
+        yield client
+    finally:
+        try:
+            client.stop_daemon(wait=True, timeout=60)
+        except DaemonException:
+            pid = client.get_daemon_pid()
+            if pid is not None:
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 60
+        while client.is_daemon_running and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if client.get_daemon_pid() is not None and client._is_pid_file_stale:
+                os.remove(client.circus_pid_file)
 
 
 @pytest.fixture

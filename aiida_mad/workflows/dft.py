@@ -332,10 +332,8 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         resources['num_mpiprocs_per_machine'] = parallelization.mpiprocs // resources.get('num_machines', 1)
         options['resources'] = resources
         inputs.pw.metadata = {**inputs.pw.metadata, 'options': options}
-        settings = inputs.pw.settings.get_dict() if 'settings' in inputs.pw else {}
-        cmdline = [arg for arg in settings.get('cmdline', []) if arg not in ('-nk', '-npool')]
-        settings['cmdline'] = cmdline + parallelization.cmdline
-        inputs.pw.settings = orm.Dict(settings)
+        if parallelization.flags:
+            inputs.pw.parallelization = orm.Dict(parallelization.flags)
         inputs.pw.parameters = orm.Dict(parameters)
         inputs.pw.structure = structure
         inputs.pw.pseudos = self.ctx.family.get_pseudos(structure=structure)
