@@ -7,6 +7,7 @@ submit to a real daemon. Quantum ESPRESSO is Debian's real ``pw.x``; the pseudop
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -46,10 +47,8 @@ def daemon_client(aiida_profile):
         except DaemonException:
             pid = client.get_daemon_pid()
             if pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(os.getpgid(pid), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 60
         while client.is_daemon_running and time.monotonic() < deadline:
             time.sleep(0.5)
