@@ -129,7 +129,9 @@ if [[ $USE_RABBITMQ -eq 1 ]]; then
         unchanged "rabbitmq-server running"
     else
         as_root rabbitmq-server -detached
-        as_root rabbitmqctl -q await_startup --timeout 120
+        # `await_startup` fails at once while the Erlang node itself is still booting: poll, bounded.
+        for _ in $(seq 120); do as_root rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+        as_root rabbitmqctl -q await_startup --timeout 60
         changed "started rabbitmq-server"
     fi
 fi

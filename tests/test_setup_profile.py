@@ -69,3 +69,43 @@ def test_failing_step_is_named(tmp_path):
     assert "step 'Python environment' failed" in result.stderr
     assert 'What to do:' in result.stderr
     assert not (tmp_path / '.aiida').exists()
+
+
+@pytest.fixture
+def production_profile(tmp_path):
+    """Yield ``(name, AIIDA_PATH)`` of a PostgreSQL + RabbitMQ profile to create; delete it and its database after."""
+    import secrets
+
+    name = f'mad-prod-{secrets.token_hex(4)}'
+    yield name, tmp_path
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path)}
+    verdi = f'{sys.prefix}/bin/verdi'
+    subprocess.run([verdi, '-p', name, 'daemon', 'stop'], env=env, capture_output=True, check=False)
+    subprocess.run(
+        [verdi, 'profile', 'delete', name, '--delete-data', '--force'], env=env, capture_output=True, check=False
+    )
+
+
+def test_production_profile_postgres_rabbitmq(production_profile):
+    """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, a pw.x run through them, then a no-op."""
+    name, aiida_path = production_profile
+    env = {'AIIDA_PATH': str(aiida_path)}
+    first = run_script('--profile', name, '--postgres', '--rabbitmq', env_overrides=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f'profile: {name} (storage core.psql_dos, broker core.rabbitmq)' in first.stdout
+    assert (aiida_path / 'postgres-password').stat().st_mode & 0o077 == 0
+
+    demo = subprocess.run(
+        [f'{sys.prefix}/bin/aiida-mad', '-p', name, 'demo'],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert 'energy:' in demo.stdout and 'through the daemon' in demo.stdout
+
+    second = run_script('--profile', name, '--postgres', '--rabbitmq', env_overrides=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert 'nothing changed: everything was already set up.' in second.stdout
