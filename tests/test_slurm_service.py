@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-
 SLURM_SCRIPT = pathlib.Path(__file__).resolve().parent / 'services' / 'slurm.sh'
 
 OMPI_ROOT_ENV = {'OMPI_ALLOW_RUN_AS_ROOT': '1', 'OMPI_ALLOW_RUN_AS_ROOT_CONFIRM': '1', 'OMP_NUM_THREADS': '1'}

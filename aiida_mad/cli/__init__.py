@@ -4,9 +4,11 @@ from .demo import cmd_demo
 from .dft import cmd_dft
 from .root import cmd_root
 from .setup import cmd_setup
+from .structures import cmd_structures
 
 cmd_root.add_command(cmd_demo)
 cmd_root.add_command(cmd_dft)
 cmd_root.add_command(cmd_setup)
+cmd_root.add_command(cmd_structures)
 
 __all__ = ('cmd_root',)
