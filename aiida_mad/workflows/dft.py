@@ -217,6 +217,8 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         dimensionality(structure.get_ase())
         code_version(code)
 
+        if subset is None:
+            subset = inputs.get('subset')  # `get_protocol_inputs` accepts it as an override: do not drop it
         if subset is None and structure.is_stored:
             subset = structure.base.extras.get('mad_subset', None)
         thresholds = inputs['outlier_max_force']
@@ -353,12 +355,15 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
         scf = self.ctx.scf
         if not scf.is_finished_ok:
-            self.mark_structure('failed', scf.exit_status)
+            # The mark records this work chain's exit status (as for a version mismatch below), not the child's.
             if scf.exit_status == MadPwBaseWorkChain.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.status:
-                return self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(message=scf.exit_message)
-            return self.exit_codes.ERROR_SCF_FAILED.format(
-                message=f'{scf.process_label}<{scf.pk}> exit status {scf.exit_status}: {scf.exit_message}'
-            )
+                exit_code = self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(message=scf.exit_message)
+            else:
+                exit_code = self.exit_codes.ERROR_SCF_FAILED.format(
+                    message=f'{scf.process_label}<{scf.pk}> exit status {scf.exit_status}: {scf.exit_message}'
+                )
+            self.mark_structure('failed', exit_code.status)
+            return exit_code
         ran = scf.outputs.output_parameters.get('creator_version', '')
         declared = self.ctx.level_of_theory['code']['major_version']
         if code_major_version(ran) != declared:
