@@ -5,7 +5,7 @@ PROFILE ?= mad
 export AIIDA_PATH ?= $(CURDIR)/.aiida
 export PATH := $(VENV)/bin:$(PATH)
 # Debian packages the test suite needs besides those of a plain setup (services the tests start themselves).
-TEST_APT := slurm-wlm munge
+TEST_APT := slurm-wlm munge chromium
 SETUP_ARGS ?=
 PYTEST_ARGS ?=
 

@@ -180,7 +180,7 @@ def test_protocol_fingerprint_equals_the_one_computed_from_the_settings(pw_code,
         'coulomb_truncation': {'2D': '2D', '0D': 'mt'},
     }
     fast = fingerprint(
-        level_of_theory(**independent, ecutwfc=30, ecutrho=240, kpoints_distance=0.5, vacuum=10)  # `fast`
+        level_of_theory(**independent, ecutwfc=30, ecutrho=240, kpoints_distance=0.5, vacuum=12)  # `fast`
     )
     mad = fingerprint(
         level_of_theory(**independent, ecutwfc=110, ecutrho=1320, kpoints_distance=0.125, vacuum=25)  # `mad`
@@ -191,7 +191,7 @@ def test_protocol_fingerprint_equals_the_one_computed_from_the_settings(pw_code,
     assert protocol_fingerprint(pw_code, 'mad-dos', offline) == mad  # more bands, same energy surface
     assert fast != mad
     # Overrides that change the level of theory change the fingerprint; bookkeeping does not.
-    assert protocol_fingerprint(pw_code, 'fast', {'vacuum': 12.0}) != fast
+    assert protocol_fingerprint(pw_code, 'fast', {'vacuum': 15.0}) != fast
     assert protocol_fingerprint(pw_code, 'fast', {'pw': {'parameters': {'SYSTEM': {'degauss': 0.02}}}}) != fast
     assert protocol_fingerprint(pw_code, 'fast', {'max_iterations': 9, 'clean_workdir': True}) == fast
     assert protocol_fingerprint(pw_code, 'fast', {'outlier_max_force': {'default': 1.0}}) == fast
