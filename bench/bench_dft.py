@@ -1,9 +1,8 @@
-"""DFT labelling: the parallelization policy against aiida-quantumespresso's default, and the engine's overhead.
+"""DFT labelling: the parallelization policy against aiida-quantumespresso's default.
 
-1. Bulk Si at the ``mad`` level of theory (110/1320 Ry, 17x17x17 k-points): ``MadDftWorkChain`` with the policy
+Bulk Si at the ``mad`` level of theory (110/1320 Ry, 17x17x17 k-points): ``MadDftWorkChain`` with the policy
    (all cores as MPI ranks, k-point pools) against ``PwBaseWorkChain`` with the same parameters and
-   aiida-quantumespresso's default parallelization (the same MPI ranks, no pools). pw.x's own wall time is compared.
-2. Engine overhead per structure: ``MadDftWorkChain`` wall time minus pw.x's wall time on fast-protocol runs.
+aiida-quantumespresso's default parallelization (the same MPI ranks, no pools). pw.x's own wall time is compared.
 """
 
 from __future__ import annotations
@@ -30,8 +29,10 @@ def make_code():
         scheduler_type='core.direct',
         workdir=tempfile.mkdtemp(prefix='aiida-mad-bench-work-'),
     ).store()
-    computer.configure()
+    computer.configure(safe_interval=0.0)
     computer.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
+    # As `verdi presto` configures localhost (setup_profile.sh uses it): poll the scheduler at most once a second.
+    computer.set_minimum_job_poll_interval(1)
     executable = shutil.which('pw.x') or '/usr/bin/pw.x'
     code, _ = ensure_installed_code(
         'pw',
@@ -102,24 +103,4 @@ def run() -> list[Row]:
             )
         ]
 
-        overheads, pw_times = [], []
-        for a in (5.38, 5.43, 5.48, 5.53):
-            structure = orm.StructureData(ase=bulk('Si', 'diamond', a=a))
-            _, node = run_get_node(MadDftWorkChain.get_builder_from_protocol(code, structure, 'fast'))
-            pw_time = pw_wall_time(next(child for child in node.called if child.process_label == 'MadPwBaseWorkChain'))
-            overheads.append(wall_time(node) - pw_time)
-            pw_times.append(pw_time)
-        mean_overhead = sum(overheads) / len(overheads)
-        mean_pw = sum(pw_times) / len(pw_times)
-        rows.append(
-            Row(
-                'fast Si: work chain wall vs pw.x alone',
-                mean_pw + mean_overhead,
-                mean_pw,
-                's',
-                higher_is_better=False,
-                note=f'engine overhead per structure {mean_overhead:.2f} s (work chain minus pw.x; '
-                f'{len(overheads)} runs, in-process runner)',
-            )
-        )
         return rows

@@ -62,6 +62,8 @@ def temporary_profile(broker: str | None = None):
             email='bench@localhost',
             is_test_profile=True,
         )
+        # As `verdi presto` sets it for the profiles that setup_profile.sh makes.
+        config.set_option('runner.poll.interval', 1, scope=profile.name)
         config.set_default_profile(profile.name)
         config.store()
         try:
