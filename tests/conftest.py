@@ -8,6 +8,7 @@ submit to a real daemon. Quantum ESPRESSO is Debian's real ``pw.x``; the pseudop
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 
@@ -56,6 +57,14 @@ def daemon_client(aiida_profile):
                 os.remove(client.circus_pid_file)
 
 
+@functools.cache
+def real_pw_version() -> str:
+    """Return the version the real pw.x prints (read once per session)."""
+    from aiida_mad.codes import detect_pw_version
+
+    return detect_pw_version(PW_EXECUTABLE)
+
+
 @pytest.fixture
 def pw_code(aiida_localhost, aiida_code_installed):
     """Return an ``InstalledCode`` for the real ``pw.x``, run with MPI the way ``setup_profile.sh`` configures it."""
@@ -63,7 +72,6 @@ def pw_code(aiida_localhost, aiida_code_installed):
 
     if not os.path.exists(PW_EXECUTABLE):
         pytest.fail(f'pw.x not found at {PW_EXECUTABLE}: install the Debian package quantum-espresso (make setup)')
-    from aiida_mad.codes import detect_pw_version
     from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
 
     aiida_localhost.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
@@ -74,8 +82,9 @@ def pw_code(aiida_localhost, aiida_code_installed):
         with_mpi=True,
         prepend_text=pw_prepend_text(),
     )
-    if not code.base.extras.get(CODE_VERSION_EXTRA, None):
-        code.base.extras.set(CODE_VERSION_EXTRA, detect_pw_version(PW_EXECUTABLE))
+    # Always the real version: a test may have declared another one on this shared code (aiida_code_installed loads
+    # an existing `pw` code instead of making a new one).
+    code.base.extras.set(CODE_VERSION_EXTRA, real_pw_version())
     return code
 
 

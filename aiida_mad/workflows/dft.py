@@ -115,8 +115,6 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
 class MadDftWorkChain(ProtocolMixin, WorkChain):
     """Label one structure with energy, forces, stress, eigenvalues and DOS at the MAD level of theory."""
 
-    _process_class = MadPwBaseWorkChain
-
     @classmethod
     def define(cls, spec):
         """Define the process specification."""
