@@ -127,3 +127,19 @@ def run_cli_command():
         return result
 
     return factory
+
+
+@pytest.fixture
+def crash_code(aiida_localhost, pw_code, tmp_path):
+    """Return a code whose 'pw.x' dies before starting: the work chain still writes and uploads the real input."""
+    from tests.fixtures.fake_pw.utils import fault_code
+
+    return fault_code(aiida_localhost, 'crash', version=pw_code.base.extras.get('mad_code_version'), directory=tmp_path)
+
+
+@pytest.fixture
+def labelled(pw_code, crash_code, offline_family):
+    """Return real labelled data (see ``tests/labelled.py``), built once per session with the real pw.x."""
+    from tests.labelled import labelled_data
+
+    return labelled_data(pw_code, crash_code)

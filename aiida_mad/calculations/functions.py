@@ -1,7 +1,7 @@
 """Calcfunctions of aiida-mad: the structure generators, one batch of structures per call.
 
 :func:`generate_structures` is an ordinary calcfunction. :func:`run_generate_structures` runs the very same function
-through :class:`BulkLinkGenerateStructures`, which records identical provenance (same process type, label, inputs,
+through :data:`BulkLinkGenerateStructures`, which records identical provenance (same process type, label, inputs,
 outputs and link labels) but writes the links without the per-link validation queries of aiida-core. Those queries
 (a uniqueness check and a graph-cycle check for every link) cost several times more than storing the structure
 itself: measured on SQLite, one plain calcfunction call per structure stores about 12 times fewer structures per
@@ -20,7 +20,14 @@ from aiida.common.links import LinkType
 from aiida.engine import calcfunction
 from aiida.orm.utils.links import LinkTriple
 
-__all__ = ('BulkLinkGenerateStructures', 'generate_structures', 'run_generate_structures')
+__all__ = (
+    'BulkLinkGenerateStructures',
+    'build_dataset',
+    'bulk_link_process_class',
+    'generate_structures',
+    'run_bulk_linked',
+    'run_generate_structures',
+)
 
 
 @calcfunction
@@ -108,11 +115,11 @@ def generate_structures(parameters: orm.Dict, **inputs: Any) -> dict[str, Any]:
     return outputs
 
 
-class BulkLinkGenerateStructures(generate_structures.process_class):
-    """:func:`generate_structures` with its input and output links written without per-link queries.
+def bulk_link_process_class(function) -> type:
+    """Return the process class of calcfunction ``function`` with its links written without per-link queries.
 
     The node it creates is indistinguishable from one of the plain calcfunction: same process type (it loads back as
-    :func:`generate_structures`), label, function source, inputs, outputs and link labels. Only two methods change:
+    ``function``), label, function source, inputs, outputs and link labels. Only two methods change:
 
     * ``_setup_inputs`` puts the input links in the node's link cache (``incoming_cache``), stored with the node,
       instead of validating each with database queries; the process node is new, so no link can clash or close a
@@ -120,58 +127,150 @@ class BulkLinkGenerateStructures(generate_structures.process_class):
     * ``update_outputs`` does the same for the outputs, which must be new nodes, and stores them all in one
       transaction, so a failure leaves none of them behind.
     """
+    base = function.process_class
 
-    @classmethod
-    def build_process_type(cls) -> str:
-        """Return the process type of :func:`generate_structures`, so that the node loads back as that function."""
-        return generate_structures.process_class.build_process_type()
+    class BulkLinkProcess(base):
+        @classmethod
+        def build_process_type(cls) -> str:
+            """Return the process type of the plain calcfunction, so that the node loads back as that function."""
+            return base.build_process_type()
 
-    def _build_process_label(self) -> str:
-        return generate_structures.__name__
+        def _build_process_label(self) -> str:
+            return function.__name__
 
-    def _setup_inputs(self) -> None:
-        # Appending to the cache directly also skips its duplicate check, which compares every new link with every
-        # cached one (quadratic in the batch size); the labels are the distinct keys of the inputs.
-        self.node.base.links.incoming_cache.extend(
-            LinkTriple(node, LinkType.INPUT_CALC, name)
-            for name, node in self._flat_inputs().items()
-            if node is not None
-        )
+        def _setup_inputs(self) -> None:
+            # Appending to the cache directly also skips its duplicate check, which compares every new link with
+            # every cached one (quadratic in the batch size); the labels are the distinct keys of the inputs.
+            self.node.base.links.incoming_cache.extend(
+                LinkTriple(node, LinkType.INPUT_CALC, name)
+                for name, node in self._flat_inputs().items()
+                if node is not None
+            )
 
-    def update_outputs(self) -> None:
-        """Link and store the new outputs in one transaction, without per-link validation queries."""
-        if self.metadata.store_provenance is False:
-            return
-        linked = set(self.node.base.links.get_outgoing(link_type=LinkType.CREATE).all_link_labels())
-        new_outputs = [(label, node) for label, node in self._flat_outputs().items() if label not in linked]
-        stored = [label for label, node in new_outputs if node.is_stored]
-        if stored:
-            raise ValueError(f'outputs {", ".join(stored)} are stored already: a calcfunction must create its outputs')
-        if not new_outputs:
-            return
-        with self.node.backend.transaction():
-            for label, node in new_outputs:
-                node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
-                node.store()
+        def update_outputs(self) -> None:
+            """Link and store the new outputs in one transaction, without per-link validation queries."""
+            if self.metadata.store_provenance is False:
+                return
+            linked = set(self.node.base.links.get_outgoing(link_type=LinkType.CREATE).all_link_labels())
+            new_outputs = [(label, node) for label, node in self._flat_outputs().items() if label not in linked]
+            stored = [label for label, node in new_outputs if node.is_stored]
+            if stored:
+                raise ValueError(
+                    f'outputs {", ".join(stored)} are stored already: a calcfunction must create its outputs'
+                )
+            if not new_outputs:
+                return
+            with self.node.backend.transaction():
+                for label, node in new_outputs:
+                    node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
+                    node.store()
+
+    BulkLinkProcess.__name__ = BulkLinkProcess.__qualname__ = f'BulkLink{base.__name__}'
+    return BulkLinkProcess
 
 
-def run_generate_structures(
-    parameters: orm.Dict, parents: dict[str, orm.StructureData]
-) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
-    """Run :func:`generate_structures` through :class:`BulkLinkGenerateStructures`; return outputs and node.
+def run_bulk_linked(process_class: type, **inputs) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
+    """Run a :func:`bulk_link_process_class` process with ``inputs``; return its outputs and node.
 
     Called from a running process (a work chain step), it runs in that process's runner and gets a ``CALL`` link,
     as a calcfunction called there would.
-
-    :param parameters: the calcfunction's ``parameters``.
-    :param parents: the ``parents`` namespace.
     """
     from aiida.engine.processes.process import Process
     from aiida.manage import get_manager
 
     current = Process.current()
     runner = current.runner if isinstance(current, Process) else get_manager().create_runner(communicator=None)
-    inputs = BulkLinkGenerateStructures.create_inputs(parameters=parameters, parents=parents)
-    process = BulkLinkGenerateStructures(inputs=inputs, runner=runner)
+    process = process_class(inputs=process_class.create_inputs(**inputs), runner=runner)
     outputs = process.execute()
     return outputs, process.node
+
+
+#: :func:`generate_structures` with bulk-written links (see :func:`bulk_link_process_class`).
+BulkLinkGenerateStructures = bulk_link_process_class(generate_structures)
+
+
+def run_generate_structures(
+    parameters: orm.Dict, parents: dict[str, orm.StructureData]
+) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
+    """Run :func:`generate_structures` through :data:`BulkLinkGenerateStructures`; return outputs and node.
+
+    :param parameters: the calcfunction's ``parameters``.
+    :param parents: the ``parents`` namespace.
+    """
+    return run_bulk_linked(BulkLinkGenerateStructures, parameters=parameters, parents=parents)
+
+
+@calcfunction
+def build_dataset(parameters: orm.Dict, **inputs: Any) -> dict[str, Any]:
+    """Build a ``mad.dataset`` node from DFT results; every result it uses is one of its inputs.
+
+    ``parameters`` holds ``name``, ``seed``, ``fractions``, ``fingerprint``, ``frames_per_shard``, ``selection``
+    (the selection record, stored on the dataset) and ``frames``: for each frame label ``fNNNNNN``, the
+    ``source_uuid`` (the structure that was labelled: it drives the split), ``dft_uuid`` and ``subset``. The inputs
+    are namespaces keyed by frame label: ``structures`` (the cell pw.x used), ``energies`` (eV), ``forces``
+    (eV/Å), ``stresses`` (eV/Å³, ASE sign; not for 0D), ``dos`` (optional) and ``baselines``: isolated-atom tables
+    of the same fingerprint, merged in label order (energies in eV by element). With baselines every frame gets
+    ``energy_baseline_subtracted`` = E − Σ E_atom.
+    """
+    from aiida_mad.data.dataset import DatasetData
+    from aiida_mad.export.frames import make_frame
+    from aiida_mad.export.splits import assign_split, validate_fractions
+
+    settings = parameters.get_dict()
+    known = {'structures', 'energies', 'forces', 'stresses', 'dos', 'baselines'}
+    unexpected = sorted(set(inputs) - known)
+    if unexpected:
+        raise ValueError(f'unexpected inputs {", ".join(unexpected)}: expected the namespaces {sorted(known)}')
+    fractions = validate_fractions(settings['fractions'])
+    seed = settings['seed']
+    atomic: dict[str, float] = {}
+    for label in sorted(inputs.get('baselines', {})):
+        atomic.update(inputs['baselines'][label].get_dict())
+    structures, energies, forces = inputs['structures'], inputs['energies'], inputs['forces']
+    stresses, dos = inputs.get('stresses', {}), inputs.get('dos', {})
+
+    frames, dft_uuids = [], []
+    for label in sorted(settings['frames']):
+        meta = settings['frames'][label]
+        atoms = structures[label].get_ase()
+        energy = energies[label].value
+        baseline = None
+        if atomic:
+            lacking = sorted(set(atoms.get_chemical_symbols()) - set(atomic))
+            if lacking:
+                raise ValueError(f'frame {label} ({atoms.get_chemical_formula()}): no baseline energy for {lacking}')
+            baseline = energy - sum(atomic[symbol] for symbol in atoms.get_chemical_symbols())
+        frames.append(
+            make_frame(
+                atoms.numbers,
+                atoms.positions,
+                cell=atoms.cell.array,
+                pbc=atoms.pbc,
+                energy=energy,
+                energy_baseline_subtracted=baseline,
+                forces=forces[label].get_array('forces'),
+                stress=stresses[label].get_array('stress') if label in stresses else None,
+                dos=dos[label].get_array('dos') if label in dos else None,
+                subset=meta['subset'],
+                split=assign_split(meta['source_uuid'], seed, fractions),
+                source_uuid=meta['source_uuid'],
+                fingerprint=settings['fingerprint'],
+                validate=False,
+            )
+        )
+        dft_uuids.append(meta['dft_uuid'])
+    dataset = DatasetData(
+        frames,
+        name=settings['name'],
+        seed=seed,
+        fractions=fractions,
+        dft_uuids=dft_uuids,
+        selection=settings.get('selection'),
+        atomic_energies=atomic,
+        frames_per_shard=settings.get('frames_per_shard', 10_000),
+    )
+    return {'dataset': dataset}
+
+
+#: :func:`build_dataset` with bulk-written links: a dataset has up to five inputs per frame.
+BulkLinkBuildDataset = bulk_link_process_class(build_dataset)

@@ -104,36 +104,32 @@ def test_header_layout(tmp_path, frames):
     assert 'REF_stress="nan nan nan nan nan nan nan nan nan"' in cluster_header
 
 
-def test_metatrain_reads_systems_and_targets(tmp_path, dos_frames):
-    omegaconf = pytest.importorskip('omegaconf')
-    readers = pytest.importorskip('metatrain.utils.data.readers')
+def metatrain_read(path, dos_points: int = 0):
+    """Read ``path`` with metatrain's own readers, as a metatrain training config names it; return systems, targets."""
+    import omegaconf
+    from metatrain.utils.data import readers
     from metatrain.utils.omegaconf import expand_dataset_config
 
-    path = tmp_path / 'mad-train.xyz'
-    write_extxyz(dos_frames, path)
-    points = dos_frames[0].info['dos'].size
+    targets = {
+        'energy': {'key': 'REF_energy', 'unit': 'eV', 'forces': {'key': 'REF_forces'}, 'stress': {'key': 'REF_stress'}}
+    }
+    if dos_points:
+        targets['mtt::dos'] = {'quantity': '', 'key': 'REF_dos', 'type': 'scalar', 'num_subtargets': dos_points}
     conf = omegaconf.OmegaConf.create(
-        {
-            'systems': {'read_from': str(path), 'reader': 'ase', 'length_unit': 'angstrom'},
-            'targets': {
-                'energy': {
-                    'key': 'REF_energy',
-                    'unit': 'eV',
-                    'forces': {'key': 'REF_forces'},
-                    'stress': {'key': 'REF_stress'},
-                },
-                'mtt::dos': {'quantity': '', 'key': 'REF_dos', 'type': 'scalar', 'num_subtargets': points},
-            },
-        }
+        {'systems': {'read_from': str(path), 'reader': 'ase', 'length_unit': 'angstrom'}, 'targets': targets}
     )
     conf = expand_dataset_config(conf)[0]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # 9-long stress vectors; zeroed cell vectors of non-periodic directions
         systems = readers.read_systems(str(path), reader='ase')
-        targets, infos = readers.read_targets(conf['targets'])
-    assert infos['energy'].gradients == ['positions', 'strain']
-    assert len(systems) == len(targets['energy']) == len(targets['mtt::dos']) == len(dos_frames)
-    for system, energy, dos, frame in zip(systems, targets['energy'], targets['mtt::dos'], dos_frames, strict=True):
+        read, infos = readers.read_targets(conf['targets'])
+    return systems, read, infos
+
+
+def check_metatrain_energy(systems, energies, frames) -> None:
+    """Check metatrain's systems and energy targets (with force and stress gradients) against the frames."""
+    assert len(systems) == len(energies) == len(frames)
+    for system, energy, frame in zip(systems, energies, frames, strict=True):
         assert np.array_equal(system.positions.numpy(), frame.positions)
         assert np.array_equal(system.types.numpy(), frame.numbers)
         assert np.array_equal(system.pbc.numpy(), frame.pbc)
@@ -146,17 +142,26 @@ def test_metatrain_reads_systems_and_targets(tmp_path, dos_frames):
             np.testing.assert_allclose(strain, frame.info['stress'] * frame.get_volume(), rtol=1e-14, atol=0)
         else:
             assert np.isnan(strain).all()  # masked in metatrain's losses
+
+
+def test_metatrain_reads_systems_and_targets(tmp_path, dos_frames):
+    path = tmp_path / 'mad-train.xyz'
+    write_extxyz(dos_frames, path)
+    points = dos_frames[0].info['dos'].size
+    systems, targets, infos = metatrain_read(path, points)
+    assert infos['energy'].gradients == ['positions', 'strain']
+    check_metatrain_energy(systems, targets['energy'], dos_frames)
+    assert len(targets['mtt::dos']) == len(dos_frames)
+    for dos, frame in zip(targets['mtt::dos'], dos_frames, strict=True):
         assert np.array_equal(dos.block().values.numpy()[0], frame.info['dos'], equal_nan=True)
 
 
-@pytest.mark.parametrize('missing_stress', ['omit', 'nan'])
-def test_mace_reads_the_reference_keys(tmp_path, frames, missing_stress):
-    utils = pytest.importorskip('mace.data.utils')
+def check_mace_reads(path, frames, missing_stress: str) -> None:
+    """Read ``path`` with MACE's own reader (``REF_*`` keys) and compare with the frames."""
     import torch
+    from mace.data import utils
     from mace.tools.torch_tools import voigt_to_matrix
 
-    path = tmp_path / 'mace.xyz'
-    write_extxyz(frames, path, missing_stress=missing_stress)
     keys = utils.update_keyspec_from_kwargs(
         utils.KeySpecification(),
         {'energy_key': 'REF_energy', 'forces_key': 'REF_forces', 'stress_key': 'REF_stress', 'head_key': 'head'},
@@ -180,6 +185,13 @@ def test_mace_reads_the_reference_keys(tmp_path, frames, missing_stress):
         else:
             # NaN stress is NOT masked by MACE: files for MACE training must use missing_stress='omit'
             assert np.isnan(config.properties['stress']).all()
+
+
+@pytest.mark.parametrize('missing_stress', ['omit', 'nan'])
+def test_mace_reads_the_reference_keys(tmp_path, frames, missing_stress):
+    path = tmp_path / 'mace.xyz'
+    write_extxyz(frames, path, missing_stress=missing_stress)
+    check_mace_reads(path, frames, missing_stress)
 
 
 def test_invalid_frame_writes_nothing(tmp_path, frames):

@@ -28,7 +28,7 @@ from ase.build import bulk, molecule
 from aiida_mad.dos import GRID_POINTS, GRID_SPACING, GRID_START, SIGMA, integrated_dos
 from aiida_mad.units import EV_PER_ANGSTROM3_PER_GPA
 from aiida_mad.workflows.dft import MadDftWorkChain
-from tests.fixtures.fake_pw.utils import fault_code, parse_pw_input, written_input
+from tests.fixtures.fake_pw.utils import parse_pw_input, written_input
 
 #: Settings of the `fast` protocol, written out here rather than read from the YAML file.
 FAST = {'ecutwfc': 30.0, 'ecutrho': 240.0, 'kpoints_distance': 0.5, 'vacuum': 12.0, 'conv_thr_per_atom': 1e-9}
@@ -53,12 +53,6 @@ def run_dft(pw_code, offline_family):
         return node
 
     return run
-
-
-@pytest.fixture
-def crash_code(aiida_localhost, pw_code, tmp_path):
-    """Return a code whose 'pw.x' dies before starting: the work chain still writes and uploads the real input."""
-    return fault_code(aiida_localhost, 'crash', version=pw_code.base.extras.get('mad_code_version'), directory=tmp_path)
 
 
 def pw_calculations(node) -> list:

@@ -1,0 +1,342 @@
+"""``aiida-mad dataset``: build datasets from labelled groups, inspect them, export them, record and report them.
+
+The same ``list``, ``show`` and ``export`` commands are mounted under ``verdi data mad`` (see :mod:`.data`).
+"""
+
+import pathlib
+
+import click
+from aiida.cmdline.params import options as core_options
+from aiida.cmdline.utils import decorators, echo
+
+DATASET = click.argument('dataset', metavar='NAME')
+FORCE = core_options.OverridableOption('--force', is_flag=True, help='Replace an existing output.')
+
+
+def _load(identifier):
+    from aiida_mad.workflows.dataset import load_dataset
+
+    try:
+        return load_dataset(identifier)
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+
+
+def _outlier_thresholds(values) -> dict[str, float] | None:
+    thresholds = {}
+    for value in values:
+        subset, separator, number = value.partition('=')
+        try:
+            thresholds[subset.strip()] = float(number)
+        except ValueError:
+            separator = ''
+        if not separator or not subset.strip():
+            raise click.BadParameter(f'{value!r}: expected SUBSET=EV_PER_ANGSTROM', param_hint='--outlier-max-force')
+    return thresholds or None
+
+
+@click.group('dataset')
+def cmd_dataset():
+    """Build, inspect and export MAD datasets."""
+
+
+@cmd_dataset.command('build')
+@click.argument('name')
+@click.option('--from', 'groups', multiple=True, required=True, metavar='GROUP', help='Group of DFT results (repeat).')
+@click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the splits.')
+@click.option(
+    '--split',
+    'fractions',
+    type=float,
+    nargs=3,
+    default=(0.8, 0.1, 0.1),
+    show_default=True,
+    help='Train, validation and test fractions (per subset); they must sum to 1.',
+)
+@click.option('--fingerprint', default=None, help='Level of theory to take when the groups mix several.')
+@click.option(
+    '--outlier-max-force',
+    multiple=True,
+    metavar='SUBSET=F',
+    help='Outlier threshold in eV/Å for a subset (`default` for the others), over those of the protocol.',
+)
+@click.option('--no-baseline', is_flag=True, help='Build without the isolated-atom baseline.')
+@click.option('--with-dos', is_flag=True, help='Store the DOS of every frame (mad-dos results).')
+@click.option('--frames-per-shard', type=click.IntRange(min=1), default=10_000, show_default=True)
+@decorators.with_dbenv()
+def dataset_build(
+    name, groups, seed, fractions, fingerprint, outlier_max_force, no_baseline, with_dos, frames_per_shard
+):
+    """Build dataset NAME from the finished DFT results of the groups (workflow mad.dataset).
+
+    The selection is checked before anything is stored: unknown groups, an empty selection, a mix of levels of
+    theory, a missing baseline or an invalid split are refused with the reason.
+    """
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_mad.export.splits import validate_fractions
+    from aiida_mad.workflows.dataset import (
+        DatasetSelectionError,
+        DatasetWorkChain,
+        existing_dataset_names,
+        select_results,
+        validate_name,
+    )
+
+    thresholds = _outlier_thresholds(outlier_max_force)
+    try:
+        validate_name(name)
+        validate_fractions(fractions)
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    if name in existing_dataset_names():
+        echo.echo_critical(f'a dataset named {name} exists already: choose another name')
+    try:
+        selection = select_results(
+            groups,
+            fingerprint=fingerprint,
+            outlier_max_force=thresholds,
+            baseline=not no_baseline,
+            include_dos=with_dos,
+        )
+    except DatasetSelectionError as exception:
+        echo.echo_critical(str(exception))
+
+    builder = DatasetWorkChain.get_builder()
+    builder.name = orm.Str(name)
+    builder.groups = orm.List(list(groups))
+    builder.seed = orm.Int(seed)
+    builder.fractions = orm.List(list(fractions))
+    builder.fingerprint = orm.Str(selection.fingerprint)
+    if thresholds:
+        builder.outlier_max_force = orm.Dict(thresholds)
+    builder.baseline = orm.Bool(not no_baseline)
+    builder.include_dos = orm.Bool(with_dos)
+    builder.frames_per_shard = orm.Int(frames_per_shard)
+    _, node = run_get_node(builder)
+    if not node.is_finished_ok:
+        echo.echo_critical(
+            f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+        )
+    dataset = node.outputs.dataset
+    echo.echo_success(
+        f'dataset {dataset.name}<{dataset.pk}>: {dataset.n_frames} frames, fingerprint {dataset.fingerprint[:16]}, '
+        f'content hash {dataset.content_hash[:16]}'
+    )
+
+
+@cmd_dataset.command('list')
+@decorators.with_dbenv()
+def dataset_list():
+    """List the datasets: name, pk, frames per split, subsets, fingerprint."""
+    from aiida import orm
+    from tabulate import tabulate
+
+    from aiida_mad.data.dataset import DatasetData
+
+    query = orm.QueryBuilder().append(
+        DatasetData,
+        project=[
+            'id',
+            'attributes.name',
+            'attributes.n_frames',
+            'attributes.split_counts',
+            'attributes.subsets',
+            'attributes.fingerprint',
+            'ctime',
+        ],
+        tag='dataset',
+    )
+    query.order_by({'dataset': 'ctime'})
+    rows = [
+        [
+            name,
+            pk,
+            frames,
+            '/'.join(str(splits[key]) for key in ('train', 'val', 'test')),
+            len(subsets),
+            fingerprint[:16],
+        ]
+        for pk, name, frames, splits, subsets, fingerprint, _ in query.iterall()
+    ]
+    if not rows:
+        echo.echo_report('no dataset yet: build one with `aiida-mad dataset build NAME --from GROUP`')
+        return
+    echo.echo(tabulate(rows, headers=['Name', 'PK', 'Frames', 'Train/val/test', 'Subsets', 'Fingerprint']))
+
+
+@cmd_dataset.command('show')
+@DATASET
+@decorators.with_dbenv()
+def dataset_show(dataset):
+    """Show a dataset: counts per subset and split, exclusions, elements, fingerprint and content hash."""
+    from tabulate import tabulate
+
+    from aiida_mad.workflows.dataset import describe_record
+
+    node = _load(dataset)
+    attributes = node.base.attributes.all
+    echo.echo(f'Dataset {node.name}<{node.pk}> (uuid {node.uuid})')
+    echo.echo(f'  fingerprint   {node.fingerprint}')
+    echo.echo(f'  content hash  {node.content_hash}')
+    echo.echo(f'  frames        {node.n_frames} ({attributes["n_atoms"]} atoms)')
+    echo.echo(f'  seed, split   {attributes["seed"]}, {attributes["fractions"]}')
+    echo.echo(f'  elements      {" ".join(node.elements)}')
+    echo.echo(f'  baseline      {"isolated atoms of the same fingerprint" if node.atomic_energies else "none"}')
+    rows = [[subset, *counts.values(), sum(counts.values())] for subset, counts in node.counts.items()]
+    echo.echo('')
+    echo.echo(tabulate(rows, headers=['Subset', 'Train', 'Val', 'Test', 'Total']))
+    selection = node.selection
+    if selection.get('subsets'):
+        echo.echo('')
+        echo.echo(f'Selection from {", ".join(selection.get("groups", []))}:')
+        for line in describe_record(selection['subsets'], selection.get('outlier_max_force', {'default': 10.0})):
+            echo.echo(f'  {line}')
+
+
+@cmd_dataset.command('export')
+@DATASET
+@click.argument('directory', type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.option(
+    '--format',
+    'fmt',
+    type=click.Choice(['xyz', 'colabfit']),
+    default='xyz',
+    show_default=True,
+    help='xyz: split files, atomic energies, per-subset AiiDA archives and chemiscope files; colabfit: ColabFit data.',
+)
+@click.option(
+    '--missing-stress',
+    type=click.Choice(['nan', 'omit']),
+    default='nan',
+    show_default=True,
+    help='Frames without stress (0D): nine NaN (metatrain masks them) or no REF_stress key (for MACE).',
+)
+@click.option('--no-archives', is_flag=True, help='Skip the per-subset AiiDA archives.')
+@click.option('--no-chemiscope', is_flag=True, help='Skip the chemiscope files.')
+@click.option('--author', 'authors', multiple=True, help='ColabFit: an author (repeat; default: the profile user).')
+@click.option('--license', 'license_', default=None, help='ColabFit: the license (default CC-BY-4.0).')
+@click.option('--description', default=None, help='ColabFit: the description.')
+@click.option('--link', 'links', multiple=True, help='ColabFit: a link (repeat).')
+@FORCE()
+@decorators.with_dbenv()
+def dataset_export(
+    dataset, directory, fmt, missing_stress, no_archives, no_chemiscope, authors, license_, description, links, force
+):
+    """Write the exports of dataset NAME into the new folder DIRECTORY."""
+    from aiida_mad.export.dataset import ExportError, export_dataset
+    from aiida_mad.export.frames import FrameError
+
+    node = _load(dataset)
+    metadata = {
+        key: value
+        for key, value in (
+            ('authors', list(authors)),
+            ('license', license_),
+            ('description', description),
+            ('links', list(links)),
+        )
+        if value
+    }
+    try:
+        written = export_dataset(
+            node,
+            directory,
+            fmt=fmt,
+            force=force,
+            missing_stress=missing_stress,
+            archives=not no_archives,
+            chemiscope=not no_chemiscope,
+            colabfit_metadata=metadata,
+        )
+    except (ExportError, FrameError) as exception:
+        echo.echo_critical(str(exception))
+    for name, path in written.items():
+        echo.echo(f'{path.stat().st_size:>14,d}  {name}')
+    echo.echo_success(f'wrote {len(written)} files of dataset {node.name} to {directory}')
+
+
+def _author(value: str) -> dict:
+    name, _, affiliations = value.partition('|')
+    return {'name': name.strip(), 'affiliations': [item.strip() for item in affiliations.split(';') if item.strip()]}
+
+
+def _reference(value: str) -> dict:
+    parts = [part.strip() for part in value.split('|')]
+    reference = {'type': parts[0], 'citation': parts[1] if len(parts) > 1 else ''}
+    for extra in parts[2:]:
+        reference['doi' if extra.startswith('10.') else 'url'] = extra
+    return reference
+
+
+@cmd_dataset.command('record')
+@DATASET
+@click.argument('directory', type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.option(
+    '--metadata', 'metadata_file', type=click.Path(exists=True, dir_okay=False), help='metadata.yml to start from.'
+)
+@click.option('--title', default=None, help='Record title.')
+@click.option('--description', default=None, help='Record description.')
+@click.option('--keyword', 'keywords', multiple=True, help='A keyword (at least 3 in all).')
+@click.option('--author', 'authors', multiple=True, metavar='"NAME|AFFILIATION[;AFFILIATION]"', help='An author.')
+@click.option('--license', 'license_', default=None, help='License (default CC-BY-4.0).')
+@click.option('--reference', 'references', multiple=True, metavar='"TYPE|CITATION[|DOI or URL]"', help='A reference.')
+@FORCE()
+@decorators.with_dbenv()
+def dataset_record(
+    dataset, directory, metadata_file, title, description, keywords, authors, license_, references, force
+):
+    """Write the Materials Cloud Archive record folder of dataset NAME into DIRECTORY.
+
+    The folder holds every export (split files, atomic energies, per-subset AiiDA archives, chemiscope files,
+    ColabFit zip, HTML report) plus metadata.yml, optimade.yaml and a README. The metadata and the Archive's size
+    limits (5 GB of files, 50 GB of AiiDA databases) are checked before anything is written.
+    """
+    import yaml
+
+    from aiida_mad.export.dataset import ExportError, write_dataset_record
+
+    node = _load(dataset)
+    metadata = {}
+    if metadata_file:
+        metadata = yaml.safe_load(pathlib.Path(metadata_file).read_text(encoding='utf-8')) or {}
+    metadata.setdefault('license', 'CC-BY-4.0')
+    metadata.setdefault(
+        'description',
+        f'Dataset {node.name}: {node.n_frames} structures labelled at one DFT level of theory (fingerprint '
+        f'{node.fingerprint}), split 80:10:10 per subset, with the full AiiDA provenance.',
+    )
+    for key, value in (('title', title), ('description', description), ('license', license_)):
+        if value:
+            metadata[key] = value
+    if keywords:
+        metadata['keywords'] = list(keywords)
+    if authors:
+        metadata['authors'] = [_author(value) for value in authors]
+    if references:
+        metadata['references'] = [_reference(value) for value in references]
+    try:
+        written = write_dataset_record(node, directory, metadata=metadata, force=force)
+    except ExportError as exception:
+        echo.echo_critical(str(exception))
+    for name, path in written.items():
+        echo.echo(f'{path.stat().st_size:>14,d}  {name}')
+    echo.echo_success(f'wrote the record of dataset {node.name} to {directory}')
+
+
+@cmd_dataset.command('report')
+@DATASET
+@click.argument('output', type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@FORCE()
+@decorators.with_dbenv()
+def dataset_report(dataset, output, force):
+    """Write the HTML report of dataset NAME to OUTPUT (elements, histograms, convergence, splits)."""
+    from aiida_mad.export.dataset import ExportError, write_dataset_report
+
+    node = _load(dataset)
+    try:
+        path = write_dataset_report(node, output, force=force)
+    except ExportError as exception:
+        echo.echo_critical(str(exception))
+    echo.echo_success(f'wrote the report of dataset {node.name} to {path}')

@@ -1,0 +1,225 @@
+"""``DatasetData`` (``mad.dataset``): the frames of a MAD dataset, stored in the provenance graph.
+
+The node's repository holds the frames as gzip-compressed extended-XYZ shards (``shards/frames-00000.extxyz.gz``,
+...; see :mod:`aiida_mad.export.extxyz`) and a per-frame index (``index.npz``: source and DFT uuids, subset, split,
+number of atoms, energies, largest force, atomic numbers) that the queries and the report read without parsing the
+shards. The attributes hold everything a user filters datasets on in a ``QueryBuilder``: name, fingerprint, content
+hash, counts per subset and split, elements, seed and split fractions, how the frames were selected.
+
+Why shards rather than one ``StructureData`` per frame: a MAD-sized dataset has 10⁵ frames; exporting it from
+shards is a stream copy (tens of thousands of frames per second), while loading as many nodes is two orders of
+magnitude slower (``bench/bench_export.py``). The DFT results stay in the graph as the dataset's inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+from aiida import orm
+from ase import Atoms
+
+__all__ = ('DatasetData',)
+
+SHARD_FOLDER = 'shards'
+INDEX_FILE = 'index.npz'
+FORMAT_VERSION = 1
+
+#: Per-frame columns of ``index.npz`` (besides ``numbers`` and ``offsets``, the atomic numbers of all frames).
+INDEX_COLUMNS = (
+    'source_uuid',
+    'dft_uuid',
+    'subset',
+    'split',
+    'natoms',
+    'energy',
+    'energy_per_atom',
+    'energy_baseline_subtracted',
+    'max_force',
+)
+
+
+def frame_index(frames: Sequence[Atoms], dft_uuids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Return the per-frame index columns of ``frames`` (see :data:`INDEX_COLUMNS`)."""
+    natoms = np.array([len(frame) for frame in frames], dtype=np.int64)
+    offsets = np.zeros(len(frames) + 1, dtype=np.int64)
+    np.cumsum(natoms, out=offsets[1:])
+    energy = np.array([frame.info['energy'] for frame in frames], dtype=float)
+    forces = np.concatenate([frame.arrays['forces'] for frame in frames]) if frames else np.zeros((0, 3))
+    magnitudes = np.linalg.norm(forces, axis=1)
+    max_force = np.maximum.reduceat(magnitudes, offsets[:-1]) if len(frames) else np.zeros(0)
+    return {
+        'source_uuid': np.array([frame.info['source_uuid'] for frame in frames], dtype='U36'),
+        'dft_uuid': np.array(dft_uuids if dft_uuids is not None else [''] * len(frames), dtype='U36'),
+        'subset': np.array([frame.info['subset'] for frame in frames], dtype=str),
+        'split': np.array([frame.info['split'] for frame in frames], dtype='U5'),
+        'natoms': natoms,
+        'energy': energy,
+        'energy_per_atom': energy / np.maximum(natoms, 1),
+        'energy_baseline_subtracted': np.array(
+            [frame.info.get('energy_baseline_subtracted', np.nan) for frame in frames], dtype=float
+        ),
+        'max_force': max_force,
+        'numbers': np.concatenate([frame.numbers for frame in frames]).astype(np.uint8)
+        if frames
+        else np.zeros(0, np.uint8),
+        'offsets': offsets,
+    }
+
+
+class DatasetData(orm.Data):
+    """A MAD dataset: frames of one level of theory, split per subset, with their selection record.
+
+    Build it with the ``mad.dataset`` work chain (``aiida-mad dataset build``), which links it to every DFT result
+    it holds; the constructor is the low-level part that stores given frames.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Atoms] | None = None,
+        *,
+        name: str | None = None,
+        seed: int | None = None,
+        fractions: Sequence[float] | None = None,
+        dft_uuids: Sequence[str] | None = None,
+        selection: dict | None = None,
+        atomic_energies: dict[str, float] | None = None,
+        frames_per_shard: int = 10_000,
+        **kwargs,
+    ):
+        """Store ``frames`` (validated: one fingerprint, one frame per source) in the node's repository.
+
+        :param frames: the frames (see :mod:`aiida_mad.export.frames`), in any order; stored in canonical order.
+        :param name: the dataset name.
+        :param seed: the seed of the splits.
+        :param fractions: the ``(train, val, test)`` fractions of the splits.
+        :param dft_uuids: uuid of the DFT work chain of each frame (same order as ``frames``).
+        :param selection: the selection record (per-subset counts of used and excluded results, thresholds).
+        :param atomic_energies: the isolated-atom energies (eV) of the baseline, by element.
+        :param frames_per_shard: at most this many frames per shard file.
+        """
+        super().__init__(**kwargs)
+        if frames is None:
+            return
+        from aiida_mad.export.extxyz import write_shards
+        from aiida_mad.export.frames import content_hash, sorted_frames, summarize, validate_frames
+        from aiida_mad.export.splits import validate_fractions
+
+        if not name:
+            raise ValueError('a dataset needs a name')
+        frames = list(frames)
+        if not frames:
+            raise ValueError(f'dataset {name}: no frames')
+        if dft_uuids is not None and len(dft_uuids) != len(frames):
+            raise ValueError(f'dataset {name}: {len(dft_uuids)} DFT uuids for {len(frames)} frames')
+        validate_frames(frames)
+        order = {id(frame): index for index, frame in enumerate(frames)}
+        frames = sorted_frames(frames)
+        if dft_uuids is not None:
+            dft_uuids = [dft_uuids[order[id(frame)]] for frame in frames]
+        summary = summarize(frames)
+        with tempfile.TemporaryDirectory() as folder:
+            paths = write_shards(frames, folder, frames_per_shard)
+            for path in paths:
+                self.base.repository.put_object_from_file(str(path), f'{SHARD_FOLDER}/{path.name}')
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **frame_index(frames, dft_uuids))
+            self.base.repository.put_object_from_bytes(buffer.getvalue(), INDEX_FILE)
+        self.base.attributes.set_many(
+            {
+                'format_version': FORMAT_VERSION,
+                'name': name,
+                'fingerprint': summary['fingerprints'][0],
+                'content_hash': content_hash(frames),
+                'n_frames': summary['n_frames'],
+                'n_atoms': summary['n_atoms'],
+                'counts': summary['counts'],
+                'split_counts': summary['split_counts'],
+                'subsets': sorted(summary['counts']),
+                'elements': summary['elements'],
+                'n_with_stress': summary['n_with_stress'],
+                'n_with_dos': summary['n_with_dos'],
+                'n_with_baseline': summary['n_with_baseline'],
+                'seed': seed,
+                'fractions': list(validate_fractions(fractions)) if fractions is not None else None,
+                'selection': selection or {},
+                'atomic_energies': dict(sorted((atomic_energies or {}).items())),
+                'shards': [path.name for path in paths],
+            }
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Attributes
+
+    @property
+    def name(self) -> str:
+        """Return the dataset name."""
+        return self.base.attributes.get('name')
+
+    @property
+    def fingerprint(self) -> str:
+        """Return the level-of-theory fingerprint shared by every frame."""
+        return self.base.attributes.get('fingerprint')
+
+    @property
+    def content_hash(self) -> str:
+        """Return the order-independent content hash of the frames (:func:`aiida_mad.export.frames.content_hash`)."""
+        return self.base.attributes.get('content_hash')
+
+    @property
+    def n_frames(self) -> int:
+        """Return the number of frames."""
+        return self.base.attributes.get('n_frames')
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Return ``{subset: {split: frames}}``."""
+        return self.base.attributes.get('counts')
+
+    @property
+    def elements(self) -> list[str]:
+        """Return the chemical symbols present, by atomic number."""
+        return self.base.attributes.get('elements')
+
+    @property
+    def selection(self) -> dict:
+        """Return the selection record: per-subset used and excluded counts, and the thresholds."""
+        return self.base.attributes.get('selection', {})
+
+    @property
+    def atomic_energies(self) -> dict[str, float]:
+        """Return the isolated-atom energies (eV) of the baseline, by element (empty without a baseline)."""
+        return self.base.attributes.get('atomic_energies', {})
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Frames
+
+    def shard_names(self) -> list[str]:
+        """Return the repository paths of the shards, in order."""
+        return [f'{SHARD_FOLDER}/{name}' for name in self.base.attributes.get('shards', [])]
+
+    def frames(self) -> list[Atoms]:
+        """Return every frame, in canonical order (subset, then source uuid)."""
+        from aiida_mad.export.extxyz import read_shards
+
+        with self.base.repository.as_path(SHARD_FOLDER) as folder:
+            return read_shards([pathlib.Path(folder) / pathlib.Path(name).name for name in self.shard_names()])
+
+    def index(self) -> dict[str, np.ndarray]:
+        """Return the per-frame index (see :data:`INDEX_COLUMNS`, plus ``numbers`` and ``offsets``)."""
+        with self.base.repository.open(INDEX_FILE, 'rb') as handle, np.load(handle, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+    def write_split_files(self, directory, *, prefix: str = 'mad', missing_stress: str = 'nan') -> dict:
+        """Write ``<prefix>-train.xyz``, ``-val.xyz``, ``-test.xyz`` into ``directory`` straight from the shards.
+
+        :return: ``{split: (path, number of frames)}``.
+        """
+        from aiida_mad.export.extxyz import write_split_files_from_shards
+
+        with self.base.repository.as_path(SHARD_FOLDER) as folder:
+            shards = [pathlib.Path(folder) / pathlib.Path(name).name for name in self.shard_names()]
+            return write_split_files_from_shards(shards, directory, prefix=prefix, missing_stress=missing_stress)

@@ -1,0 +1,304 @@
+"""Every export of a ``mad.dataset`` node: the files of ``aiida-mad dataset export``, ``record`` and ``report``.
+
+The pure writers live next to this module (extended XYZ, ColabFit, chemiscope, the record folder, the report);
+this module feeds them from the node (shards, index, selection record) and from the provenance graph (the DFT work
+chains of the frames, for the per-subset AiiDA archives). Output folders are assembled under a temporary name next
+to the target and moved into place at the end, so a failure leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = (
+    'ExportError',
+    'dataset_metadata_defaults',
+    'export_dataset',
+    'report_data',
+    'write_dataset_record',
+    'write_dataset_report',
+)
+
+FORMATS = ('xyz', 'colabfit')
+
+
+class ExportError(ValueError):
+    """An export cannot be written; the message says why and nothing was written."""
+
+
+@contextlib.contextmanager
+def staged_folder(directory, *, force: bool) -> Iterator[pathlib.Path]:
+    """Yield an empty staging folder next to ``directory``; move it into place when the block succeeds.
+
+    :raises ExportError: if ``directory`` exists and is not an empty folder, unless ``force`` (it is then replaced).
+    """
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not force and (not directory.is_dir() or any(directory.iterdir())):
+        raise ExportError(f'{directory} exists and is not empty: choose another folder or use --force')
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+    try:
+        staging.chmod(0o755)
+        yield staging
+        if directory.exists():
+            if directory.is_dir():
+                shutil.rmtree(directory)
+            else:
+                directory.unlink()
+        staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def dft_workchains_by_subset(dataset) -> dict[str, list]:
+    """Return ``{subset: [MadDftWorkChain nodes]}`` of the frames of ``dataset``, plus ``isolated-atom``.
+
+    ``isolated-atom`` holds the ``IsolatedAtomsWorkChain`` nodes that returned the baseline tables.
+    """
+    from aiida import orm
+
+    index = dataset.index()
+    by_subset: dict[str, list] = {}
+    for subset in sorted(set(index['subset'].tolist())):
+        uuids = sorted(set(index['dft_uuid'][index['subset'] == subset].tolist()) - {''})
+        nodes = []
+        for first in range(0, len(uuids), 5_000):
+            query = orm.QueryBuilder().append(orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}})
+            nodes.extend(query.all(flat=True))
+        by_subset[subset] = sorted(nodes, key=lambda node: node.uuid)
+    tables = dataset.selection.get('atomic_energies', [])
+    if tables:
+        query = orm.QueryBuilder()
+        query.append(orm.Dict, filters={'uuid': {'in': tables}}, tag='table')
+        query.append(orm.WorkflowNode, with_outgoing='table', edge_filters={'label': 'energies'}, project='*')
+        by_subset['isolated-atom'] = sorted(set(query.all(flat=True)), key=lambda node: node.uuid)
+    return by_subset
+
+
+def export_dataset(
+    dataset,
+    directory,
+    *,
+    fmt: str = 'xyz',
+    force: bool = False,
+    prefix: str = 'mad',
+    missing_stress: str = 'nan',
+    archives: bool = True,
+    chemiscope: bool = True,
+    colabfit_metadata: Mapping | None = None,
+) -> dict[str, pathlib.Path]:
+    """Write the exports of ``dataset`` into the new folder ``directory``.
+
+    ``xyz``: ``<prefix>-train.xyz``, ``-val.xyz``, ``-test.xyz``; ``atomic-energies.csv`` (with a baseline);
+    ``<prefix>-<subset>.aiida`` per subset (and ``isolated-atom``); ``<prefix>-<subset>.chemiscope.json.gz``.
+    ``colabfit``: the ColabFit data-standard files.
+
+    :param missing_stress: ``'nan'`` (metatrain masks it) or ``'omit'`` (MACE) for frames without stress.
+    :return: ``{file name: path}``.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f'unknown export format {fmt!r}: choose one of {", ".join(FORMATS)}')
+    if fmt == 'colabfit':
+        from aiida_mad.export.colabfit import ColabfitError, build_colabfit, write_colabfit
+
+        metadata = {**dataset_metadata_defaults(dataset), **(colabfit_metadata or {})}
+        try:
+            built = build_colabfit(dataset.frames(), metadata)
+        except ColabfitError as exception:
+            raise ExportError(str(exception)) from None
+        with staged_folder(directory, force=force) as staging:
+            written = write_colabfit(built, staging / 'colabfit', force=True)
+            for path in written.values():
+                path.rename(staging / path.name)
+            (staging / 'colabfit').rmdir()
+            names = sorted(path.name for path in written.values())
+        return {name: pathlib.Path(directory).absolute() / name for name in names}
+
+    with staged_folder(directory, force=force) as staging:
+        write_export_files(
+            dataset, staging, prefix=prefix, missing_stress=missing_stress, archives=archives, chemiscope=chemiscope
+        )
+        names = sorted(path.name for path in staging.iterdir())
+    return {name: pathlib.Path(directory).absolute() / name for name in names}
+
+
+def write_export_files(
+    dataset, folder: pathlib.Path, *, prefix: str, missing_stress: str, archives: bool, chemiscope: bool
+) -> None:
+    """Write the ``xyz`` exports of ``dataset`` into the existing, empty ``folder``."""
+    from aiida_mad.export.atomic_energies import write_atomic_energies_csv
+
+    dataset.write_split_files(folder, prefix=prefix, missing_stress=missing_stress)
+    if dataset.atomic_energies:
+        write_atomic_energies_csv(
+            dataset.atomic_energies, folder / 'atomic-energies.csv', fingerprint=dataset.fingerprint
+        )
+    if chemiscope:
+        from aiida_mad.export.chemiscope import write_chemiscope_per_subset
+
+        write_chemiscope_per_subset(dataset.frames(), folder, name_prefix=prefix)
+    if archives:
+        from aiida_mad.export.archive import export_subset_archives
+
+        export_subset_archives(dft_workchains_by_subset(dataset), folder, prefix=prefix)
+
+
+def dataset_metadata_defaults(dataset) -> dict:
+    """Return ColabFit metadata filled from the dataset and the profile's default user."""
+    from aiida import orm
+
+    user = orm.User.collection.get_default()
+    author = (user.get_full_name() if user is not None else '') or (user.email if user is not None else '')
+    counts = ', '.join(f'{subset} ({sum(splits.values())})' for subset, splits in dataset.counts.items())
+    return {
+        'name': dataset.name,
+        'authors': [author] if author else [],
+        'license': 'CC-BY-4.0',
+        'description': (
+            f'MAD-style dataset {dataset.name}: {dataset.n_frames} structures with energies, forces and stresses '
+            f'at one level of theory (fingerprint {dataset.fingerprint}); subsets: {counts}.'
+        ),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def element_count_matrix(index: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Return the ``(n_frames, 119)`` atom counts per atomic number from the index's ``numbers`` and ``offsets``."""
+    offsets = index['offsets']
+    frame_of_atom = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    counts = np.zeros((len(offsets) - 1, 119), dtype=np.int32)
+    np.add.at(counts, (frame_of_atom, index['numbers'].astype(np.int64)), 1)
+    return counts
+
+
+def convergence_counts(selection: Mapping) -> dict[str, dict[str, int]]:
+    """Return the report's per-subset DFT counts from a dataset's selection record."""
+    result = {}
+    for subset, counts in selection.get('subsets', {}).items():
+        result[subset] = {
+            'finished': int(counts.get('used', 0)),
+            'outlier': int(counts.get('outlier', 0)),
+            'failed': int(counts.get('failed', 0)),
+        }
+        if counts.get('not_finished'):
+            result[subset]['running'] = int(counts['not_finished'])
+    return result
+
+
+def report_data(dataset):
+    """Return the :class:`~aiida_mad.export.report.ReportData` of ``dataset`` (from its index, no shard parsing)."""
+    from aiida_mad.export.report import ReportData
+
+    index = dataset.index()
+    baseline = index['energy_baseline_subtracted']
+    use_baseline = len(baseline) > 0 and bool(np.isfinite(baseline).all())
+    energy = baseline / np.maximum(index['natoms'], 1) if use_baseline else index['energy_per_atom']
+    return ReportData(
+        name=dataset.name,
+        subset=index['subset'],
+        split=index['split'],
+        natoms=index['natoms'],
+        energy_per_atom=energy,
+        max_force=index['max_force'],
+        element_counts=element_count_matrix(index),
+        fingerprint=dataset.fingerprint,
+        convergence=convergence_counts(dataset.selection),
+        energy_label='energy per atom minus the isolated atoms' if use_baseline else 'energy per atom',
+    )
+
+
+def write_dataset_report(dataset, path, *, force: bool = False) -> pathlib.Path:
+    """Write the HTML report of ``dataset`` to ``path`` (refused if it exists, unless ``force``)."""
+    from aiida_mad.export.report import render_report
+
+    path = pathlib.Path(path).absolute()
+    if path.exists() and not force:
+        raise ExportError(f'{path} exists: choose another file or use --force')
+    if not path.parent.is_dir():
+        raise ExportError(f'the folder of {path} does not exist')
+    text = render_report(report_data(dataset))
+    partial = path.with_name(f'.{path.name}.partial')
+    try:
+        partial.write_text(text, encoding='utf-8')
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Materials Cloud record
+
+
+def write_dataset_record(
+    dataset,
+    directory,
+    *,
+    metadata: Mapping,
+    force: bool = False,
+    prefix: str = 'mad',
+    file_limit: int | None = None,
+    aiida_limit: int | None = None,
+    extra_files: Sequence | None = None,
+) -> dict[str, pathlib.Path]:
+    """Write the Materials Cloud Archive record folder of ``dataset``.
+
+    The record holds the ``xyz`` exports (split files, atomic energies, per-subset AiiDA archives, chemiscope files),
+    the ColabFit files as a zip, the HTML report, ``metadata.yml``, ``optimade.yaml`` (with the OPTIMADE structure
+    files it serves) and a README describing every file. The metadata and the Archive's size limits are checked
+    before anything is written.
+    """
+    from aiida_mad.export import record as record_module
+    from aiida_mad.export.colabfit import ColabfitError, build_colabfit, write_colabfit
+
+    try:
+        checked = record_module.validate_metadata(metadata)
+    except record_module.RecordError as exception:
+        raise ExportError(str(exception)) from None
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not force and (not directory.is_dir() or any(directory.iterdir())):
+        raise ExportError(f'{directory} exists and is not empty: choose another folder or use --force')
+    limits = {}
+    if file_limit is not None:
+        limits['file_limit'] = file_limit
+    if aiida_limit is not None:
+        limits['aiida_limit'] = aiida_limit
+    frames = dataset.frames()
+    authors = [author.get('name') or f'{author["givennames"]} {author["familyname"]}' for author in checked['authors']]
+    colabfit_metadata = {
+        'name': dataset.name,
+        'authors': authors,
+        'license': checked['license'],
+        'description': checked['description'],
+        'links': [reference['url'] for reference in checked['references'] if 'url' in reference],
+    }
+    with tempfile.TemporaryDirectory(
+        prefix='mad-record-', dir=directory.parent if directory.parent.exists() else None
+    ) as scratch:
+        scratch = pathlib.Path(scratch)
+        write_export_files(dataset, scratch, prefix=prefix, missing_stress='nan', archives=True, chemiscope=True)
+        try:
+            write_colabfit(build_colabfit(frames, colabfit_metadata), scratch / f'{prefix}-colabfit.zip', force=True)
+        except ColabfitError as exception:
+            raise ExportError(str(exception)) from None
+        write_dataset_report(dataset, scratch / f'{prefix}.report.html')
+        files = {path.name: path for path in sorted(scratch.iterdir())}
+        for extra in extra_files or ():
+            extra = pathlib.Path(extra)
+            files[extra.name] = extra
+        try:
+            return record_module.write_record(
+                directory, metadata=checked, files=files, frames=frames, force=force, link=True, **limits
+            )
+        except record_module.RecordError as exception:
+            raise ExportError(str(exception)) from None

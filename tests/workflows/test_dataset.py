@@ -1,0 +1,206 @@
+"""``DatasetWorkChain`` (``mad.dataset``) on real labelled data: selection, filters, baseline, splits, provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.common.links import LinkType
+from aiida.engine import run_get_node
+
+from aiida_mad.data.dataset import DatasetData
+from aiida_mad.export.frames import content_hash
+from aiida_mad.export.splits import assign_split
+from aiida_mad.workflows.dataset import DatasetSelectionError, DatasetWorkChain, select_results
+from tests.labelled import DFT_GROUPS, MIX_GROUP, OTHER_LEVEL, SEED_GROUP
+
+ALL_GROUPS = list(DFT_GROUPS.values())
+
+_BUILT: dict[str, str] = {}
+
+
+def build(name: str, groups, **inputs):
+    """Run ``mad.dataset`` and return its node."""
+    builder = DatasetWorkChain.get_builder()
+    builder.name = orm.Str(name)
+    builder.groups = orm.List(list(groups))
+    for key, value in inputs.items():
+        builder[key] = value
+    _, node = run_get_node(builder)
+    return node
+
+
+@pytest.fixture
+def dataset(labelled) -> DatasetData:
+    """Return the dataset of every test group (seed 5), built once."""
+    if 'all' in _BUILT:
+        try:
+            return orm.load_node(_BUILT['all'])
+        except Exception:
+            pass
+    node = build(f'all-{len(_BUILT)}-{labelled.isolated_atoms[:8]}', ALL_GROUPS, seed=orm.Int(5))
+    assert node.is_finished_ok, node.exit_message
+    _BUILT['all'] = node.outputs.dataset.uuid
+    return node.outputs.dataset
+
+
+def stored_count() -> int:
+    return orm.QueryBuilder().append(orm.Node).count()
+
+
+def test_frames_hold_the_dft_outputs(dataset, labelled):
+    frames = {frame.info['source_uuid']: frame for frame in dataset.frames()}
+    used = [node for subset in labelled.used for node in labelled.nodes(subset)]
+    assert len(frames) == len(used) == dataset.n_frames == 4
+    atomic = orm.load_node(labelled.isolated_atoms).outputs.energies.get_dict()
+    for node in used:
+        frame = frames[node.inputs.structure.uuid]
+        structure = node.outputs.structure.get_ase()
+        assert frame.info['energy'] == node.outputs.energy.value
+        np.testing.assert_array_equal(frame.arrays['forces'], node.outputs.forces.get_array('forces'))
+        np.testing.assert_array_equal(frame.positions, structure.positions)
+        np.testing.assert_array_equal(frame.cell.array, structure.cell.array)
+        assert frame.info['subset'] == node.outputs.properties['subset']
+        assert frame.info['fingerprint'] == node.outputs.properties['fingerprint'] == dataset.fingerprint
+        # The baseline: E - sum of the isolated-atom energies of the same fingerprint.
+        expected = node.outputs.energy.value - sum(atomic[symbol] for symbol in structure.get_chemical_symbols())
+        assert frame.info['energy_baseline_subtracted'] == pytest.approx(expected, abs=1e-9)
+        if 'stress' in node.outputs:
+            np.testing.assert_array_equal(frame.info['stress'], node.outputs.stress.get_array('stress'))
+        else:
+            assert frame.info['subset'] == 'shiftml-molfrags'
+            assert 'stress' not in frame.info
+        # The split depends only on the structure uuid and the seed.
+        assert frame.info['split'] == assign_split(node.inputs.structure.uuid, 5)
+    assert dataset.content_hash == content_hash(frames.values())
+    assert dataset.atomic_energies == atomic
+    assert dataset.elements == ['H', 'Si']
+
+
+def test_selection_record_counts_exclusions_per_subset(dataset, labelled):
+    record = dataset.selection['subsets']
+    assert record['mc3d']['used'] == 1
+    assert record['mc3d']['duplicate'] == 1
+    assert record['mc3d']['failed'] == 1
+    failed = orm.load_node(labelled.failed)
+    assert record['mc3d']['exit_statuses'] == {str(failed.exit_status): 1}
+    assert record['mc3d-rattled']['used'] == 2
+    assert record['shiftml-molfrags']['used'] == 1
+    splits = {frame.info['source_uuid']: (frame.info['subset'], frame.info['split']) for frame in dataset.frames()}
+    expected = {subset: dict.fromkeys(('train', 'val', 'test'), 0) for subset in labelled.used}
+    for subset, split in splits.values():
+        expected[subset][split] += 1
+    assert dataset.counts == expected
+    assert {subset: sum(counts.values()) for subset, counts in dataset.counts.items()} == {
+        subset: record[subset]['used'] for subset in labelled.used
+    }
+
+
+def test_dataset_is_linked_to_every_result_it_used(dataset, labelled):
+    creator = dataset.creator
+    assert creator.process_label == 'build_dataset'
+    inputs = {link.node.pk for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()}
+    for subset in labelled.used:
+        for node in labelled.nodes(subset):
+            for label in ('energy', 'forces', 'structure'):
+                assert node.outputs[label].pk in inputs, (subset, label)
+    assert orm.load_node(labelled.isolated_atoms).outputs.energies.pk in inputs
+    duplicate = orm.load_node(labelled.duplicate)
+    assert duplicate.outputs.energy.pk not in inputs
+    (workchain,) = [link.node for link in creator.base.links.get_incoming(link_type=LinkType.CALL_CALC).all()]
+    assert workchain.process_label == 'DatasetWorkChain'
+    group = orm.load_group(f'mad/datasets/{dataset.name}')
+    assert dataset.pk in {node.pk for node in group.nodes}
+
+
+def test_outlier_thresholds_per_subset(labelled):
+    node = build('outliers', ALL_GROUPS, outlier_max_force=orm.Dict({'mc3d-rattled': 1e-6}))
+    assert node.is_finished_ok, node.exit_message
+    dataset = node.outputs.dataset
+    assert dataset.selection['subsets']['mc3d-rattled'] == {
+        'used': 0,
+        'outlier': 2,
+        'failed': 0,
+        'not_finished': 0,
+        'other_fingerprint': 0,
+        'duplicate': 0,
+        'exit_statuses': {},
+    }
+    assert 'mc3d-rattled' not in dataset.counts
+    reports = [entry.message for entry in orm.Log.collection.get_logs_for(node)]
+    assert any('mc3d-rattled: 0 frames; excluded 2 outliers (max |F| > 1e-06 eV/Å)' in line for line in reports)
+
+
+def test_mixed_fingerprints_refused_listing_them(labelled):
+    other = orm.load_node(labelled.other_level).outputs.properties['fingerprint']
+    fast = orm.load_node(labelled.used['mc3d'][0]).outputs.properties['fingerprint']
+    with pytest.raises(DatasetSelectionError, match='mix 2 levels of theory') as info:
+        select_results([MIX_GROUP])
+    assert other in str(info.value) and fast in str(info.value)
+    before = stored_count()
+    node = build('mixed', [MIX_GROUP])
+    assert node.exit_status == DatasetWorkChain.exit_codes.ERROR_MIXED_FINGERPRINTS.status
+    assert 'outputs' not in dir(node) or 'dataset' not in node.outputs
+    # Only the work chain node and its inputs were stored: no frame, no dataset, no calcfunction.
+    assert stored_count() - before == 1 + len(node.base.links.get_incoming().all())
+    # Choosing one is allowed; the other is reported as excluded.
+    selection = select_results([MIX_GROUP], fingerprint=fast[:12])
+    assert selection.record['mc3d']['other_fingerprint'] == 1
+    assert [result.uuid for result in selection.used] == [labelled.used['mc3d'][0]]
+
+
+def test_no_baseline_at_that_fingerprint_refused(labelled):
+    other = orm.load_node(labelled.other_level).outputs.properties['fingerprint']
+    with pytest.raises(DatasetSelectionError, match=r'no isolated-atom energy at fingerprint .* for Si') as info:
+        select_results([MIX_GROUP], fingerprint=other)
+    assert info.value.exit_code == 'ERROR_MISSING_BASELINE'
+    node = build('no-baseline', [MIX_GROUP], fingerprint=orm.Str(other), baseline=orm.Bool(False))
+    assert node.is_finished_ok, node.exit_message
+    (frame,) = node.outputs.dataset.frames()
+    assert 'energy_baseline_subtracted' not in frame.info
+    assert node.outputs.dataset.atomic_energies == {}
+    assert OTHER_LEVEL  # the other level differs only by its k-point distance
+
+
+def test_structure_groups_select_the_runs_of_their_structures(labelled):
+    selection = select_results(
+        [SEED_GROUP], fingerprint=orm.load_node(labelled.duplicate).outputs.properties['fingerprint']
+    )
+    assert [result.uuid for result in selection.used] == [labelled.used['mc3d'][0]]
+    assert selection.record['mc3d']['duplicate'] == 1
+
+
+def test_adding_data_keeps_the_splits_of_old_frames(dataset, labelled):
+    node = build('fewer', [DFT_GROUPS['mc3d'], DFT_GROUPS['mc3d-rattled']], seed=orm.Int(5))
+    smaller = {frame.info['source_uuid']: frame.info['split'] for frame in node.outputs.dataset.frames()}
+    larger = {frame.info['source_uuid']: frame.info['split'] for frame in dataset.frames()}
+    assert len(smaller) == 3 and len(larger) == 4
+    assert all(larger[uuid] == split for uuid, split in smaller.items())
+
+
+@pytest.mark.parametrize(
+    ('groups', 'inputs', 'exit_code', 'message'),
+    [
+        (['no/such/group'], {}, 'ERROR_UNKNOWN_GROUP', 'unknown group'),
+        ([SEED_GROUP + '-empty'], {}, 'ERROR_EMPTY_SELECTION', 'hold no MadDftWorkChain'),
+    ],
+)
+def test_bad_selection_exit_codes(labelled, groups, inputs, exit_code, message):
+    orm.Group.collection.get_or_create(SEED_GROUP + '-empty')
+    node = build('bad', groups, **inputs)
+    assert node.exit_status == DatasetWorkChain.exit_codes[exit_code].status
+    assert message in node.exit_message
+
+
+def test_existing_name_refused(dataset):
+    node = build(dataset.name, ALL_GROUPS)
+    assert node.exit_status == DatasetWorkChain.exit_codes.ERROR_DATASET_EXISTS.status
+
+
+@pytest.mark.parametrize(
+    ('name', 'fractions', 'message'),
+    [('bad name', [0.8, 0.1, 0.1], 'invalid dataset name'), ('ok', [0.8, 0.1, 0.2], 'sum to 1')],
+)
+def test_invalid_inputs_refused_before_running(name, fractions, message):
+    with pytest.raises(ValueError, match=message):
+        build(name, ALL_GROUPS, fractions=orm.List(fractions))
