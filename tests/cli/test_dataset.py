@@ -351,3 +351,36 @@ def test_querybuilder_recipes_of_the_docs_run(dataset, labelled):
             empty.append(number)
     # Only the outlier recipe finds nothing: the test data has no outlier at the default thresholds.
     assert len(empty) == 1, f'recipes that found nothing: {empty}'
+
+
+def test_archives_reimport_into_a_fresh_profile_and_rebuild_the_same_dataset(dataset, exported, tmp_path):
+    """Export -> import into an empty profile -> `aiida-mad dataset build` there gives the same content hash."""
+    from tests.fresh_profile import run_in_fresh_profile
+
+    subsets = [str(exported / f'mad-{subset}.aiida') for subset in dataset.counts]
+    baseline = str(exported / 'mad-isolated-atom.aiida')
+    script = f"""
+import json
+from aiida import orm
+from aiida.tools.archive import import_archive
+from click.testing import CliRunner
+from aiida.manage import get_manager
+from aiida_mad.cli import cmd_root
+from aiida_mad.workflows.dataset import load_dataset
+
+group = orm.Group(label='reimported').store()
+for path in {subsets!r}:
+    import_archive(path, group=group)
+import_archive({baseline!r})  # the isolated atoms, outside the group: they are the baseline, not frames
+profile = get_manager().get_profile().name
+arguments = ['-p', profile, 'dataset', 'build', {NAME!r}, '--from', 'reimported', '--seed', '3']
+result = CliRunner().invoke(cmd_root, arguments)
+assert result.exit_code == 0, result.output
+node = load_dataset({NAME!r})
+print(json.dumps({{'hash': node.content_hash, 'counts': node.counts, 'atomic': node.atomic_energies}}))
+"""
+    output = run_in_fresh_profile(script, tmp_path)
+    rebuilt = json.loads(output.strip().splitlines()[-1])
+    assert rebuilt['hash'] == dataset.content_hash
+    assert rebuilt['counts'] == dataset.counts
+    assert rebuilt['atomic'] == dataset.atomic_energies
