@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import pathlib
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 
@@ -49,6 +48,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from ..dos import GRID_POINTS, GRID_SPACING, GRID_START, SIGMA
+from .folders import staged_folder
 from .frames import SPLITS, validate_frames
 
 __all__ = [
@@ -466,14 +466,8 @@ def write_colabfit(dataset: ColabfitDataset, directory, *, force: bool = False) 
         ``force`` (then it is replaced).
     :return: ``{kind: path}`` of the files written (see :data:`FILES`).
     """
-    directory = pathlib.Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not force:
-        raise ColabfitError(f'{directory} exists and is not an empty folder (use force=True to replace it)')
-    staging = directory.with_name(f'.{directory.name}.partial')
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    directory = pathlib.Path(directory).absolute()
+    with staged_folder(directory, force=force, error=ColabfitError) as staging:
         for kind in ('configurations', 'property_instances', 'configuration_sets', 'data_objects'):
             with (staging / FILES[kind]).open('w', encoding='utf-8') as handle:
                 for item in getattr(dataset, kind).values():
@@ -484,15 +478,6 @@ def write_colabfit(dataset: ColabfitDataset, directory, *, force: bool = False) 
         (staging / FILES['dataset']).write_text(
             json.dumps(dataset.dataset, indent=2, ensure_ascii=False, allow_nan=False) + '\n', encoding='utf-8'
         )
-        if directory.exists():
-            if directory.is_dir():
-                shutil.rmtree(directory)
-            else:
-                directory.unlink()
-        staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return {kind: directory / name for kind, name in FILES.items()}
 
 

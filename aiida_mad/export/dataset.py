@@ -8,13 +8,13 @@ to the target and moved into place at the end, so a failure leaves nothing half-
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from .folders import check_free, staged_folder
 
 __all__ = (
     'ExportError',
@@ -30,31 +30,6 @@ FORMATS = ('xyz', 'colabfit')
 
 class ExportError(ValueError):
     """An export cannot be written; the message says why and nothing was written."""
-
-
-@contextlib.contextmanager
-def staged_folder(directory, *, force: bool) -> Iterator[pathlib.Path]:
-    """Yield an empty staging folder next to ``directory``; move it into place when the block succeeds.
-
-    :raises ExportError: if ``directory`` exists and is not an empty folder, unless ``force`` (it is then replaced).
-    """
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not force and (not directory.is_dir() or any(directory.iterdir())):
-        raise ExportError(f'{directory} exists and is not empty: choose another folder or use --force')
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
-    try:
-        staging.chmod(0o755)
-        yield staging
-        if directory.exists():
-            if directory.is_dir():
-                shutil.rmtree(directory)
-            else:
-                directory.unlink()
-        staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def dft_workchains_by_subset(dataset) -> dict[str, list]:
@@ -113,7 +88,7 @@ def export_dataset(
             built = build_colabfit(dataset.frames(), metadata)
         except ColabfitError as exception:
             raise ExportError(str(exception)) from None
-        with staged_folder(directory, force=force) as staging:
+        with staged_folder(directory, force=force, error=ExportError) as staging:
             written = write_colabfit(built, staging / 'colabfit', force=True)
             for path in written.values():
                 path.rename(staging / path.name)
@@ -121,7 +96,7 @@ def export_dataset(
             names = sorted(path.name for path in written.values())
         return {name: pathlib.Path(directory).absolute() / name for name in names}
 
-    with staged_folder(directory, force=force) as staging:
+    with staged_folder(directory, force=force, error=ExportError) as staging:
         write_export_files(
             dataset, staging, prefix=prefix, missing_stress=missing_stress, archives=archives, chemiscope=chemiscope
         )
@@ -265,9 +240,7 @@ def write_dataset_record(
         checked = record_module.validate_metadata(metadata)
     except record_module.RecordError as exception:
         raise ExportError(str(exception)) from None
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not force and (not directory.is_dir() or any(directory.iterdir())):
-        raise ExportError(f'{directory} exists and is not empty: choose another folder or use --force')
+    directory = check_free(directory, force=force, error=ExportError)
     limits = {}
     if file_limit is not None:
         limits['file_limit'] = file_limit

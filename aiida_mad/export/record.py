@@ -31,7 +31,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 
@@ -40,6 +39,7 @@ import yaml
 from ase import Atoms
 
 from .extxyz import write_extxyz
+from .folders import staged_folder
 from .frames import validate_frames
 
 __all__ = [
@@ -477,12 +477,7 @@ def write_record(
         validate_frames(frames)
 
     directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not force and (not directory.is_dir() or any(directory.iterdir())):
-        raise RecordError(f'{directory} exists and is not empty (use force=True to replace it)')
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; a record folder is meant to be shared
+    with staged_folder(directory, force=force, error=RecordError) as staging:
         for name, (source, _) in normalised.items():
             target = staging / name
             if source.is_dir():
@@ -515,13 +510,4 @@ def write_record(
             ),
         ]
         (staging / 'README.md').write_text(_readme(checked, rows), encoding='utf-8')
-        if directory.exists():
-            if directory.is_dir():
-                shutil.rmtree(directory)
-            else:
-                directory.unlink()
-        staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return {name: directory / name for name in [*names, *GENERATED_FILES]}

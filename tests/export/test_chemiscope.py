@@ -8,7 +8,6 @@ import json
 import math
 import pathlib
 import re
-import subprocess
 import warnings
 
 import chemiscope
@@ -30,7 +29,7 @@ from aiida_mad.export.chemiscope import (
     write_chemiscope_per_subset,
 )
 from aiida_mad.export.frames import FrameError
-from tests.export.test_report import CHROMIUM_FLAGS, find_chromium
+from tests.export.test_report import find_chromium, run_chromium
 
 CHEMISCOPE_JS = pathlib.Path(chemiscope.__file__).parent / 'sphinx' / 'static' / 'chemiscope.min.js'
 NAME = 'mad <demo> & "test"'
@@ -322,20 +321,15 @@ def load_in_viewer(chromium: str, path: pathlib.Path, workdir: pathlib.Path) -> 
     text = json.dumps(read_chemiscope(path)).replace('</', '<\\/')
     page = workdir / 'viewer.html'
     page.write_text(PAGE.replace('__SCRIPT__', CHEMISCOPE_JS.as_uri()).replace('__DATASET__', text), encoding='utf-8')
-    command = [
+    process = run_chromium(
         chromium,
-        *CHROMIUM_FLAGS,
-        f'--user-data-dir={workdir / "chromium-profile"}',
+        workdir,
+        page,
         '--enable-unsafe-swiftshader',  # software WebGL for the 3D structure viewer (3Dmol.js)
         '--virtual-time-budget=3000',
         '--dump-dom',
-        page.resolve().as_uri(),
-    ]
-    try:
-        process = subprocess.run(command, capture_output=True, text=True, timeout=VIEWER_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f'headless Chromium did not finish within {VIEWER_TIMEOUT} s: {command}')
-    assert process.returncode == 0, f'chromium exited with {process.returncode}:\n{process.stderr[-3000:]}'
+        timeout=VIEWER_TIMEOUT,
+    )
     match = re.search(r'<pre id="result">(.*?)</pre>', process.stdout, re.DOTALL)
     assert match is not None, f'no result element in the DOM:\n{process.stdout[:2000]}\n{process.stderr[-2000:]}'
     raw = match.group(1)

@@ -166,7 +166,7 @@ def test_write_refuses_a_non_empty_folder(tmp_path, frames):
     target = tmp_path / 'out'
     target.mkdir()
     (target / 'keep.txt').write_text('mine')
-    with pytest.raises(ColabfitError, match='not an empty folder'):
+    with pytest.raises(ColabfitError, match='exists and is not empty'):
         write_colabfit(dataset, target)
     assert [item.name for item in target.iterdir()] == ['keep.txt']
     write_colabfit(dataset, target, force=True)

@@ -64,14 +64,17 @@ def chromium() -> str:
     return executable
 
 
-def run_chromium(chromium: str, workdir: pathlib.Path, page: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+def run_chromium(
+    chromium: str, workdir: pathlib.Path, page: pathlib.Path, *args: str, timeout: float = 0
+) -> subprocess.CompletedProcess:
     """Run headless Chromium on ``page`` with a fresh profile folder under ``workdir``; fail on error or timeout."""
+    timeout = timeout or CHROMIUM_TIMEOUT
     profile = workdir / f'chromium-profile-{uuid.uuid4().hex}'
     command = [chromium, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', *args, page.resolve().as_uri()]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        pytest.fail(f'headless Chromium did not finish within {CHROMIUM_TIMEOUT} s: {command}')
+        pytest.fail(f'headless Chromium did not finish within {timeout} s: {command}')
     assert result.returncode == 0, f'chromium exited with {result.returncode}:\n{result.stderr[-3000:]}'
     return result
 
