@@ -39,8 +39,9 @@ def run() -> list[Row]:
     with temporary_profile():
         from aiida import orm
 
-        from aiida_mad.calculations.functions import generate_structures
-        from aiida_mad.generation import GenerationProgress, StructureGeneration, store_seeds
+        from aiida_mad.calculations.generate import generate_structures
+        from aiida_mad.storage import store_seeds
+        from aiida_mad.workflows.generate import GenerationProgress, StructureGeneration
 
         store_seeds(['bulk'])
         parents = [node.get_ase() for node in orm.load_group('mad/structures/mc3d').nodes if len(node.sites) > 1]

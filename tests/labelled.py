@@ -82,7 +82,7 @@ def labelled_data(pw_code, crash_code) -> Labelled:
     from ase import Atoms
     from ase.build import bulk
 
-    from aiida_mad.generation import StructureGeneration
+    from aiida_mad.workflows.generate import StructureGeneration
     from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain
 
     for label in [SEED_GROUP, RATTLED_GROUP, *DFT_GROUPS.values(), MIX_GROUP]:

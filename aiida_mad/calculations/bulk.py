@@ -1,29 +1,67 @@
-"""Reading the values of many stored nodes at once, for calcfunctions with tens of thousands of inputs.
+"""aiida-core internals for calcfunctions with tens of thousands of inputs and outputs: the one place that uses them.
 
-``node.get_array(...)``, ``node.get_ase()`` and ``node.value`` each cost one or more database round trips and one
-repository open per node (about 20 ms for an ``ArrayData`` on SQLite), and after every commit the ORM reloads each
-node it touches. For a dataset of 10⁵ frames that is hours. These helpers fetch the attributes of many nodes with one
-query per 5 000 nodes and stream the array files of many nodes from the object store in one pass
-(``iter_object_streams``), which reads packed objects sequentially. Measured in ``bench/bench_dataset.py``.
+Two jobs, both measured in ``bench/`` and both relying on private parts of aiida-core 2.9. When aiida-core changes,
+``tests/calculations/test_bulk.py`` fails and names what to re-check; nothing else in aiida-mad touches these parts.
+
+**Bulk links** (:func:`bulk_link_process_class`, :func:`run_bulk_linked`). aiida-core writes every link of a process
+with a uniqueness check and a graph-cycle check, each a database query, which costs several times more than storing
+the node itself: on SQLite one plain calcfunction call per structure stores about 12 times fewer structures per second
+than ``StructureData.store()``, and batches through the plain calcfunction reach only a fifth to a third of it. The
+bulk-linked process class of a calcfunction records identical provenance (same process type, label, function source,
+inputs, outputs and link labels: the node loads back as the plain calcfunction) but puts the links in the nodes' link
+caches, written when the nodes are stored. The checks cannot fail here by construction: the process node is new,
+every output is a new unstored node, and the link labels are the distinct keys of the input and output namespaces.
+It overrides these private parts of ``aiida.engine.processes.process.Process``:
+
+* ``_setup_db_record`` (to swap the node's caching class ``Node._CLS_NODE_CACHING`` for
+  :class:`StoredInputHashCaching`, which hashes the inputs by their stored ``_aiida_hash`` extras in one query);
+* ``_setup_inputs`` (input links into ``node.base.links.incoming_cache``);
+* ``update_outputs`` (public, but its link writing is copied: outputs linked through their caches, stored in one
+  transaction);
+* ``_build_process_label`` and ``build_process_type`` (the plain calcfunction's label and type);
+
+and uses ``_flat_inputs``, ``_flat_outputs``, ``ProcessNodeCaching.get_objects_to_hash``, ``_HASH_EXTRA_KEY`` and
+``_hash_ignored_inputs``.
+
+**Bulk reads** (:func:`read_attributes`, :func:`read_arrays`, :func:`read_structures`). ``node.get_array(...)``,
+``node.get_ase()`` and ``node.value`` each cost one or more database round trips and one repository open per node
+(about 20 ms for an ``ArrayData`` on SQLite), and after every commit the ORM reloads each node it touches. For a
+dataset of 10⁵ frames that is hours. These helpers fetch the attributes of many nodes with one query per
+:data:`~aiida_mad.constants.QUERY_CHUNK_SIZE` nodes and stream the array files of many nodes from the object store in
+one pass (``iter_object_streams``), which reads packed objects sequentially. They read the node's
+``repository_metadata`` layout (``{'o': {name: {'k': key}}}``) and the ``StructureData`` attribute layout directly.
+Measured in ``bench/bench_dataset.py``.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from aiida import orm
+from aiida.common.links import LinkType
+from aiida.engine.processes.process import Process
+from aiida.manage import get_manager
+from aiida.orm.nodes.process.process import ProcessNodeCaching
+from aiida.orm.utils.links import LinkTriple
 from ase import Atoms
 
-__all__ = ('read_arrays', 'read_attributes', 'read_structures')
+from aiida_mad.constants import QUERY_CHUNK_SIZE
 
-#: Nodes per query: SQLite caps the number of variables of one statement.
-CHUNK = 5_000
+__all__ = (
+    'StoredInputHashCaching',
+    'bulk_link_process_class',
+    'read_arrays',
+    'read_attributes',
+    'read_structures',
+    'run_bulk_linked',
+)
 
 
 def _chunks(values: Sequence) -> list[Sequence]:
-    return [values[first : first + CHUNK] for first in range(0, len(values), CHUNK)]
+    return [values[first : first + QUERY_CHUNK_SIZE] for first in range(0, len(values), QUERY_CHUNK_SIZE)]
 
 
 def read_attributes(nodes: Mapping[str, orm.Node], keys: Sequence[str]) -> dict[str, tuple]:
@@ -45,8 +83,6 @@ def read_attributes(nodes: Mapping[str, orm.Node], keys: Sequence[str]) -> dict[
 
 def read_arrays(nodes: Mapping[str, orm.ArrayData], name: str) -> dict[str, np.ndarray]:
     """Return ``{label: array name}`` of stored ``ArrayData`` nodes, streaming their ``.npy`` files in one pass."""
-    from aiida.manage import get_manager
-
     filename = f'{name}.npy'
     by_pk: dict[int, list[str]] = {}
     for label, node in nodes.items():
@@ -93,3 +129,111 @@ def read_structures(nodes: Mapping[str, orm.StructureData]) -> dict[str, Atoms]:
             pbc=(pbc1, pbc2, pbc3),
         )
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bulk links
+
+
+class StoredInputHashCaching(ProcessNodeCaching):
+    """Caching of a process node that hashes its inputs by the hashes stored with them (see ``_aiida_hash``)."""
+
+    def get_objects_to_hash(self) -> list[Any]:
+        """Return what enters the hash: as aiida-core's, with each input's stored hash (computed only if missing)."""
+        objects = super(ProcessNodeCaching, self).get_objects_to_hash()
+        # One query for every input's label and stored hash; no input node is loaded unless its hash is missing.
+        query = orm.QueryBuilder()
+        query.append(orm.ProcessNode, filters={'id': self._node.pk}, tag='process')
+        query.append(
+            orm.Node,
+            with_outgoing='process',
+            edge_filters={'type': {'in': [LinkType.INPUT_CALC.value, LinkType.INPUT_WORK.value]}},
+            edge_project='label',
+            project=['id', f'extras.{self._HASH_EXTRA_KEY}'],
+            tag='input',
+            edge_tag='link',
+        )
+        inputs = {}
+        for row in query.iterdict():
+            label, pk, stored = row['link']['label'], row['input']['id'], row['input'][f'extras.{self._HASH_EXTRA_KEY}']
+            if label not in self._hash_ignored_inputs:
+                inputs[label] = stored or orm.load_node(pk).base.caching.compute_hash()
+        objects.update({'inputs': inputs})
+        return objects
+
+
+def bulk_link_process_class(function) -> type:
+    """Return the process class of calcfunction ``function`` with its links written without per-link queries.
+
+    The node it creates is indistinguishable from one of the plain calcfunction: same process type (it loads back as
+    ``function``, which must have an entry point), label, function source, inputs, outputs and link labels. The class
+    keeps ``function`` as ``bulk_linked_function``. Only the link writing changes:
+
+    * ``_setup_inputs`` puts the input links in the node's link cache (``incoming_cache``), stored with the node,
+      instead of validating each with database queries; the process node is new, so no link can clash or close a
+      cycle.
+    * ``update_outputs`` does the same for the outputs, which must be new nodes, and stores them all in one
+      transaction, so a failure leaves none of them behind.
+    """
+    base = function.process_class
+
+    class BulkLinkProcess(base):
+        def _setup_db_record(self) -> None:
+            # The node's hash takes the stored hash of each input (one query) instead of recomputing every input's
+            # hash from its content (about 10 ms per array node): the same value, as inputs are stored and immutable.
+            self.node._CLS_NODE_CACHING = StoredInputHashCaching
+            self.node.base.__dict__.pop('caching', None)
+            super()._setup_db_record()
+
+        @classmethod
+        def build_process_type(cls) -> str:
+            """Return the process type of the plain calcfunction, so that the node loads back as that function."""
+            return base.build_process_type()
+
+        def _build_process_label(self) -> str:
+            return function.__name__
+
+        def _setup_inputs(self) -> None:
+            # Appending to the cache directly also skips its duplicate check, which compares every new link with
+            # every cached one (quadratic in the batch size); the labels are the distinct keys of the inputs.
+            self.node.base.links.incoming_cache.extend(
+                LinkTriple(node, LinkType.INPUT_CALC, name)
+                for name, node in self._flat_inputs().items()
+                if node is not None
+            )
+
+        def update_outputs(self) -> None:
+            """Link and store the new outputs in one transaction, without per-link validation queries."""
+            if self.metadata.store_provenance is False:
+                return
+            linked = set(self.node.base.links.get_outgoing(link_type=LinkType.CREATE).all_link_labels())
+            new_outputs = [(label, node) for label, node in self._flat_outputs().items() if label not in linked]
+            stored = [label for label, node in new_outputs if node.is_stored]
+            if stored:
+                raise ValueError(
+                    f'outputs {", ".join(stored)} are stored already: a calcfunction must create its outputs'
+                )
+            if not new_outputs:
+                return
+            with self.node.backend.transaction():
+                for label, node in new_outputs:
+                    node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
+                    node.store()
+
+    BulkLinkProcess.__name__ = BulkLinkProcess.__qualname__ = f'BulkLink{base.__name__}'
+    #: The calcfunction whose process this is: its entry point is the process type of the nodes.
+    BulkLinkProcess.bulk_linked_function = function
+    return BulkLinkProcess
+
+
+def run_bulk_linked(process_class: type, **inputs) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
+    """Run a :func:`bulk_link_process_class` process with ``inputs``; return its outputs and node.
+
+    Called from a running process (a work chain step), it runs in that process's runner and gets a ``CALL`` link,
+    as a calcfunction called there would.
+    """
+    current = Process.current()
+    runner = current.runner if isinstance(current, Process) else get_manager().create_runner(communicator=None)
+    process = process_class(inputs=process_class.create_inputs(**inputs), runner=runner)
+    outputs = process.execute()
+    return outputs, process.node

@@ -1,10 +1,23 @@
-"""Calculation functions of the DFT labelling: the cell pw.x sees, and the results in the project's units."""
+"""Calcfunctions of the DFT labelling: the cell pw.x sees, the results in the project's units, isolated atoms.
+
+Entry points ``mad.prepare_structure``, ``mad.extract_dft_results``, ``mad.isolated_atom`` and
+``mad.collect_atomic_energies`` (group ``aiida.calculations``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
+from ase import Atoms
+
+from aiida_mad.dos import band_edges, compute_dos
+from aiida_mad.structures.cells import prepare_cell
+from aiida_mad.units import qe_stress_to_ase
+
+__all__ = ('UNITS', 'collect_atomic_energies', 'extract_dft_results', 'isolated_atom', 'prepare_structure')
 
 #: Units of the outputs, stored with them in ``properties``.
 UNITS = {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3 (ASE sign: positive = tensile)', 'dos': 'states/eV'}
@@ -13,8 +26,6 @@ UNITS = {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3 (ASE sign: positi
 @calcfunction
 def prepare_structure(structure: orm.StructureData, vacuum: orm.Float) -> orm.StructureData:
     """Return the structure with the cell pw.x uses: vacuum and orientation for 2D and 0D (see ``structures.cells``)."""
-    from aiida_mad.structures.cells import prepare_cell
-
     return orm.StructureData(ase=prepare_cell(structure.get_ase(), vacuum=vacuum.value))
 
 
@@ -31,9 +42,6 @@ def extract_dft_results(
     ``context`` carries what the work chain decided before the run (fingerprint, level of theory,
     dimensionality, parallelization, outlier threshold) so that it is stored next to the numbers it qualifies.
     """
-    from aiida_mad.dos import band_edges, compute_dos
-    from aiida_mad.units import qe_stress_to_ase
-
     parameters = output_parameters.get_dict()
     info = context.get_dict()
     natoms = len(structure.sites)
@@ -78,13 +86,43 @@ def extract_dft_results(
         'has_stress': 'stress' in results,
         'code_version': parameters.get('creator_version'),
         'wall_time_seconds': parameters.get('wall_time_seconds'),
-        'units': {
-            'energy': 'eV',
-            'forces': 'eV/Å',
-            'stress': 'eV/Å^3 (ASE sign: positive = tensile)',
-            'dos': 'states/eV',
-        },
+        'units': dict(UNITS),
         **{key: info[key] for key in ('fingerprint', 'level_of_theory', 'dimensionality', 'parallelization', 'subset')},
     }
     results['properties'] = orm.Dict(properties)
     return results
+
+
+@calcfunction
+def isolated_atom(element: orm.Str) -> orm.StructureData:
+    """Return one atom of ``element``, non-periodic (the DFT step puts it in its box)."""
+    return orm.StructureData(ase=Atoms(element.value, positions=[[0.0, 0.0, 0.0]], pbc=False))
+
+
+@calcfunction
+def collect_atomic_energies(**inputs: Any) -> dict[str, orm.Data]:
+    """Return the table ``{element: energy in eV}`` of the single-atom runs and the fingerprint they share.
+
+    The inputs are two namespaces keyed by element: ``energies`` (the ``energy`` output of each run) and
+    ``properties`` (its ``properties`` output, which holds the fingerprint), so that the fingerprint output traces back
+    to the runs it comes from.
+
+    :return: ``energies`` (a Dict) and ``fingerprint`` (a Str).
+    :raises ValueError: if the namespaces name different elements, or the runs have different fingerprints.
+    """
+    energies, properties = inputs.get('energies', {}), inputs.get('properties', {})
+    unexpected = sorted(set(inputs) - {'energies', 'properties'})
+    if unexpected:
+        raise ValueError(f'unexpected inputs {", ".join(unexpected)}: expected the namespaces energies and properties')
+    if not energies or set(energies) != set(properties):
+        raise ValueError(
+            f'energies ({", ".join(sorted(energies)) or "none"}) and properties ({", ".join(sorted(properties))}) '
+            'must name the same elements, at least one'
+        )
+    fingerprints = {element: properties[element]['fingerprint'] for element in sorted(properties)}
+    if len(set(fingerprints.values())) > 1:
+        raise ValueError(f'the atoms were computed at different levels of theory: {fingerprints}')
+    return {
+        'energies': orm.Dict({element: energies[element].value for element in sorted(energies)}),
+        'fingerprint': orm.Str(next(iter(fingerprints.values()))),
+    }

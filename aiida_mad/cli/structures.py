@@ -8,13 +8,8 @@ import click
 from aiida.cmdline.params import options as core_options
 from aiida.cmdline.utils import decorators, echo
 
-from aiida_mad.generation import (
-    ALL_SUBSETS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MIN_DISTANCE_FACTOR,
-    GENERATED_SUBSETS,
-    MAX_BATCH_SIZE,
-)
+from aiida_mad.constants import ALL_SUBSETS, GENERATED_SUBSETS
+from aiida_mad.structures.registry import DEFAULT_BATCH_SIZE, DEFAULT_MIN_DISTANCE_FACTOR, MAX_BATCH_SIZE
 
 from . import params
 
@@ -45,23 +40,12 @@ def _parse_element_pool(values: tuple[str, ...]) -> list[str] | None:
     return symbols or None
 
 
-def _validated_pool(values: tuple[str, ...], pseudo_family: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """Return ``(element_pool, available_elements)``, raising ``click.BadParameter`` naming bad elements or family."""
-    from aiida.common.exceptions import NotExistent
-    from aiida_pseudo.groups.family import PseudoPotentialFamily
-
+def _validated_pool(values: tuple[str, ...], family) -> tuple[list[str] | None, list[str] | None]:
+    """Return ``(element_pool, available_elements)`` of the options, raising ``click.BadParameter`` naming bad ones."""
     from aiida_mad.structures.elements import element_pool
 
     pool = _parse_element_pool(values)
-    available = None
-    if pseudo_family is not None:
-        try:
-            family = PseudoPotentialFamily.collection.get(label=pseudo_family)
-        except NotExistent:
-            raise click.BadParameter(
-                f'no pseudopotential family `{pseudo_family}` in this profile', param_hint='--pseudo-family'
-            ) from None
-        available = family.elements
+    available = family.elements if family is not None else None
     try:
         element_pool(available, include=pool)
     except ValueError as exception:
@@ -97,7 +81,8 @@ def cmd_structures_seeds(sources, subsets):
     Sources: bulk crystals, a 2D crystal, a molecular crystal, molecules (built in code from ASE) and the MP-ALOE
     prototypes (pymatgen's AFLOW library, 2-8 atoms, at most 3 species; the default parents of mp-aloe).
     """
-    from aiida_mad.generation import seed_group_label, store_seeds
+    from aiida_mad.constants import seed_group_label
+    from aiida_mad.storage import store_seeds
 
     result = store_seeds(sources or None, subsets=subsets)
     for source, (stored, existing) in result.items():
@@ -110,7 +95,7 @@ def cmd_structures_seeds(sources, subsets):
 @click.option(
     '-S', '--subset', type=click.Choice(ALL_SUBSETS), required=True, help='The subset the structures belong to.'
 )
-@click.option('-G', '--group', 'group_label', help='Group to put them in; default: mad/structures/<subset>.')
+@params.STRUCTURE_GROUP_LABEL(help='Group to put them in; default: mad/structures/<subset>.')
 @click.option('--format', 'file_format', help='ase.io format of the FILES; default: guessed per file.')
 @click.option('--ase-db', type=click.Path(dir_okay=False, path_type=str), help='Import the rows of an ASE database.')
 @click.option('--select', 'selection', help='ASE selection of the database rows, e.g. "natoms<20,subset=mc3d".')
@@ -137,8 +122,9 @@ def cmd_structures_import(
     implausible fails the whole import; OPTIMADE entries that are disordered or implausible are skipped and listed.
     Structures imported before (same file content and frame, database row, or provider entry) are not stored again.
     """
-    from aiida_mad.generation import GenerationError, store_imported_structures
+    from aiida_mad.storage import store_imported_structures
     from aiida_mad.structures.importers import OptimadeClient, read_ase_db, read_structure_files
+    from aiida_mad.structures.registry import GenerationError
 
     given = [name for name, value in (('FILES', files), ('--ase-db', ase_db), ('--optimade', optimade_url)) if value]
     if len(given) != 1:
@@ -197,6 +183,7 @@ def cmd_structures_import(
     '--from',
     'parent_groups',
     multiple=True,
+    type=params.types.StructureGroupParamType(),
     help='Group of parent structures (repeatable). Default: mad/structures/mc3d (mc3d-cluster also mc3d-rattled, '
     'shiftml-molfrags: shiftml-molcrys, mp-aloe: mad/seeds/prototypes).',
 )
@@ -224,7 +211,7 @@ def cmd_structures_import(
     show_default=True,
     help='Refuse structures with a pair closer than this times the sum of covalent radii.',
 )
-@click.option('-G', '--group', 'group_label', help='Target group; default: mad/structures/<SUBSET>.')
+@params.STRUCTURE_GROUP_LABEL(help='Target group; default: mad/structures/<SUBSET>.')
 @decorators.with_dbenv()
 def cmd_structures_generate(
     subset,
@@ -246,13 +233,14 @@ def cmd_structures_generate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from aiida_mad.generation import GenerationError, StructureGeneration
+    from aiida_mad.structures.registry import GenerationError
+    from aiida_mad.workflows.generate import StructureGeneration
 
     pool, available = _validated_pool(element_pool, pseudo_family)
     try:
         generation = StructureGeneration(
             subset,
-            parent_groups=list(parent_groups) or None,
+            parent_groups=[group.label for group in parent_groups] or None,
             count=count,
             seed=seed,
             element_pool=pool,
@@ -292,7 +280,7 @@ def cmd_structures_list():
     """List the seed and structure groups with their subset and number of structures."""
     from tabulate import tabulate
 
-    from aiida_mad.generation import list_structure_groups
+    from aiida_mad.storage import list_structure_groups
 
     rows = list_structure_groups()
     if not rows:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import WorkChain, calcfunction
+from aiida.engine import WorkChain
+from ase import Atoms
 
-from .dft import MadDftWorkChain
+from aiida_mad.calculations.dft import collect_atomic_energies, isolated_atom
+from aiida_mad.constants import ISOLATED_ATOM_SUBSET
+from aiida_mad.structures.elements import UnknownElementError, validate_symbols
+from aiida_mad.workflows.dft import MadDftWorkChain
 
-
-@calcfunction
-def isolated_atom(element: orm.Str) -> orm.StructureData:
-    """Return one atom of ``element``, non-periodic (the DFT step puts it in its box)."""
-    from ase import Atoms
-
-    return orm.StructureData(ase=Atoms(element.value, positions=[[0.0, 0.0, 0.0]], pbc=False))
-
-
-@calcfunction
-def collect_atomic_energies(**energies: orm.Float) -> orm.Dict:
-    """Return the table ``{element: energy in eV}`` from the energies of the single-atom runs."""
-    return orm.Dict({element: energy.value for element, energy in sorted(energies.items())})
+__all__ = ('IsolatedAtomsWorkChain',)
 
 
 class IsolatedAtomsWorkChain(WorkChain):
@@ -51,8 +43,6 @@ class IsolatedAtomsWorkChain(WorkChain):
     @staticmethod
     def validate_inputs(value, _):
         """Refuse an empty list, duplicates and symbols that are no elements."""
-        from aiida_mad.structures.elements import UnknownElementError, validate_symbols
-
         elements = value['elements'].get_list() if 'elements' in value else []
         if not elements:
             return 'the list of elements is empty'
@@ -68,8 +58,6 @@ class IsolatedAtomsWorkChain(WorkChain):
     @classmethod
     def get_builder_from_protocol(cls, code, elements, protocol=None, overrides=None, *, options=None):
         """Return a builder for ``elements`` at the level of theory of ``protocol`` (same inputs as the structures)."""
-        from ase import Atoms
-
         elements = list(elements)
         # Validate every atom the same way the structures are validated, before anything is stored.
         problems = []
@@ -78,7 +66,7 @@ class IsolatedAtomsWorkChain(WorkChain):
             atom = orm.StructureData(ase=Atoms(element, positions=[[0.0, 0.0, 0.0]], pbc=False))
             try:
                 template = MadDftWorkChain.get_builder_from_protocol(
-                    code, atom, protocol, overrides, subset='isolated-atom', options=options
+                    code, atom, protocol, overrides, subset=ISOLATED_ATOM_SUBSET, options=options
                 )
             except ValueError as exception:
                 problems.append(str(exception))
@@ -97,25 +85,30 @@ class IsolatedAtomsWorkChain(WorkChain):
         for element in self.inputs.elements.get_list():
             inputs = AttributeDict(self.exposed_inputs(MadDftWorkChain, namespace='dft'))
             inputs.structure = isolated_atom(orm.Str(element), metadata={'call_link_label': f'atom_{element}'})
-            inputs.subset = orm.Str('isolated-atom')
+            inputs.subset = orm.Str(ISOLATED_ATOM_SUBSET)
             inputs.metadata = {'call_link_label': f'dft_{element}', 'label': f'isolated atom {element}'}
             self.to_context(**{f'atom_{element}': self.submit(MadDftWorkChain, **inputs)})
 
     def results(self):
         """Collect the energies of the atoms that finished; report the others by exit code."""
-        energies, failed, fingerprints = {}, [], set()
+        energies, properties, failed = {}, {}, []
         for element in self.inputs.elements.get_list():
             node = self.ctx[f'atom_{element}']
             if node.is_finished_ok:
                 energies[element] = node.outputs.energy
-                fingerprints.add(node.outputs.properties['fingerprint'])
+                properties[element] = node.outputs.properties
             else:
                 failed.append(f'{element} (exit status {node.exit_status})')
+        fingerprints = sorted({node['fingerprint'] for node in properties.values()})
         if len(fingerprints) > 1:
-            return self.exit_codes.ERROR_FINGERPRINTS_DIFFER.format(found=sorted(fingerprints))
+            return self.exit_codes.ERROR_FINGERPRINTS_DIFFER.format(found=fingerprints)
         if energies:
-            self.out('energies', collect_atomic_energies(**energies))
-            self.out('fingerprint', orm.Str(fingerprints.pop()).store())
+            # The fingerprint is an output of the calcfunction, traced back to the runs' properties: no orphan node.
+            table = collect_atomic_energies(
+                energies=energies, properties=properties, metadata={'call_link_label': 'collect_atomic_energies'}
+            )
+            self.out('energies', table['energies'])
+            self.out('fingerprint', table['fingerprint'])
         if failed:
             return self.exit_codes.ERROR_ATOMS_FAILED.format(elements=', '.join(failed))
         return None

@@ -7,7 +7,7 @@ from aiida import orm
 from aiida.engine import run_get_node
 from aiida.plugins import WorkflowFactory
 
-from aiida_mad.generation import store_seeds
+from aiida_mad.storage import store_seeds
 
 pytestmark = pytest.mark.usefixtures('aiida_profile_clean')
 

@@ -7,15 +7,10 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 
-from aiida_mad.calculations.functions import generate_structures, run_generate_structures
-from aiida_mad.generation import (
-    GenerationError,
-    GenerationProgress,
-    StructureGeneration,
-    generation_key,
-    store_seeds,
-    stream_rng,
-)
+from aiida_mad.calculations.generate import generate_structures, run_generate_structures
+from aiida_mad.storage import store_seeds
+from aiida_mad.structures.registry import GenerationError, generation_key, stream_rng
+from aiida_mad.workflows.generate import GenerationProgress, StructureGeneration
 
 pytestmark = pytest.mark.usefixtures('aiida_profile_clean')
 
@@ -74,7 +69,8 @@ def test_bulk_link_path_records_what_the_plain_calcfunction_records(bulk_seeds):
     plain_outputs, plain_node = generate_structures.run_get_node(**generation.batch_inputs(items))
     bulk_outputs, bulk_node = run_generate_structures(**generation.batch_inputs(items))
 
-    assert bulk_node.process_type == plain_node.process_type
+    assert bulk_node.process_type == plain_node.process_type == 'aiida.calculations:mad.generate_structures'
+    assert bulk_node.process_class is plain_node.process_class is generate_structures.process_class
     assert bulk_node.process_label == plain_node.process_label
     assert bulk_node.base.attributes.all == plain_node.base.attributes.all
     assert bulk_node.base.repository.list_object_names() == plain_node.base.repository.list_object_names()
