@@ -79,7 +79,7 @@ def query_frames(
     :param max_force_max: keep frames whose largest force magnitude (eV/Å) is at most this.
     :raises ValueError: for an unknown subset, split or element, naming it and what exists.
     """
-    from aiida_mad.export.frames import SPLITS
+    from aiida_mad.dataset.frames import SPLITS
 
     index = dataset.index()
     mask = np.ones(len(index['subset']), dtype=bool)

@@ -243,8 +243,8 @@ def store_results(count: int, groups: dict[str, int]) -> tuple[list[tuple[str, s
 
 def result_frames(uuids: list[tuple[str, str]]):
     """Return the frames ``build_dataset`` makes of the stored results (from the values they were stored with)."""
-    from aiida_mad.export.frames import make_frame
-    from aiida_mad.export.splits import assign_split
+    from aiida_mad.dataset.frames import make_frame
+    from aiida_mad.dataset.splits import assign_split
 
     frames = []
     for values, (source_uuid, _) in zip(_synthetic_results(len(uuids)), uuids, strict=True):
@@ -298,8 +298,8 @@ def naive_export(label: str, directory: pathlib.Path, limit: int | None) -> int:
     import numpy as np
     from aiida import orm
 
-    from aiida_mad.export.frames import SPLITS
-    from aiida_mad.export.splits import assign_split
+    from aiida_mad.dataset.frames import SPLITS
+    from aiida_mad.dataset.splits import assign_split
     from aiida_mad.workflows.dataset import DFT_PROCESS_TYPE
 
     query = orm.QueryBuilder().append(orm.Group, filters={'label': label}, tag='g')
@@ -336,7 +336,7 @@ _SOURCE = re.compile(r'source_uuid=(\S+)')
 
 def _sources(directory: pathlib.Path) -> dict[str, list[str]]:
     """Return the source uuids of the frames of each split file in ``directory``."""
-    from aiida_mad.export.frames import SPLITS
+    from aiida_mad.dataset.frames import SPLITS
 
     return {split: _SOURCE.findall((directory / f'mad-{split}.xyz').read_text()) for split in SPLITS}
 
@@ -407,9 +407,9 @@ def run() -> list[Row]:
         from aiida.engine import run_get_node
 
         from aiida_mad.data.dataset import DatasetData
+        from aiida_mad.dataset.frames import content_hash
         from aiida_mad.export.chemiscope import write_chemiscope_per_subset
         from aiida_mad.export.dataset import export_dataset
-        from aiida_mad.export.frames import content_hash
         from aiida_mad.workflows.dataset import DatasetWorkChain
 
         build_all = BUILD_COUNT >= COUNT

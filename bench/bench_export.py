@@ -33,7 +33,7 @@ def synthetic_frames(count: int, seed: int = 0):
     """Return ``count`` valid frames: random cells of 2-8 atoms, every fifth one a 0D cluster."""
     import numpy as np
 
-    from aiida_mad.export.frames import make_frame
+    from aiida_mad.dataset.frames import make_frame
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -88,7 +88,7 @@ def _ase_layout(frames):
 def run() -> list[Row]:
     import ase.io
 
-    from aiida_mad.export.extxyz import read_extxyz, write_extxyz
+    from aiida_mad.dataset.extxyz import read_extxyz, write_extxyz
 
     frames = synthetic_frames(COUNT)
     baseline_frames = _ase_layout(frames)
@@ -114,7 +114,7 @@ def run() -> list[Row]:
         ase_read_rate = COUNT / (time.perf_counter() - start)
         assert len(ase_back) == COUNT
 
-        from aiida_mad.export.extxyz import write_shards, write_split_files_from_shards
+        from aiida_mad.dataset.extxyz import write_shards, write_split_files_from_shards
 
         shards = write_shards(frames, pathlib.Path(dirpath) / 'shards', frames_per_shard=5000, compresslevel=1)
         (pathlib.Path(dirpath) / 'ours').mkdir()

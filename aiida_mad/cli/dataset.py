@@ -75,7 +75,7 @@ def dataset_build(
     from aiida import orm
     from aiida.engine import run_get_node
 
-    from aiida_mad.export.splits import validate_fractions
+    from aiida_mad.dataset.splits import validate_fractions
     from aiida_mad.workflows.dataset import (
         DatasetSelectionError,
         DatasetWorkChain,
@@ -225,8 +225,8 @@ def dataset_export(
     dataset, directory, fmt, missing_stress, no_archives, no_chemiscope, authors, license_, description, links, force
 ):
     """Write the exports of dataset NAME into the new folder DIRECTORY."""
+    from aiida_mad.dataset.frames import FrameError
     from aiida_mad.export.dataset import ExportError, export_dataset
-    from aiida_mad.export.frames import FrameError
 
     node = _load(dataset)
     metadata = {

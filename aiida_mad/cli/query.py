@@ -43,7 +43,7 @@ def query_frames_command(
     from tabulate import tabulate
 
     from aiida_mad.cli.dataset import _load
-    from aiida_mad.export.extxyz import write_extxyz
+    from aiida_mad.dataset.extxyz import write_extxyz
     from aiida_mad.query import query_frames
 
     node = _load(dataset)

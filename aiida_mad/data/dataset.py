@@ -1,7 +1,7 @@
 """``DatasetData`` (``mad.dataset``): the frames of a MAD dataset, stored in the provenance graph.
 
 The node's repository holds the frames as gzip-compressed extended-XYZ shards (``shards/frames-00000.extxyz.gz``,
-...; see :mod:`aiida_mad.export.extxyz`) and a per-frame index (``index.npz``: source and DFT uuids, subset, split,
+...; see :mod:`aiida_mad.dataset.extxyz`) and a per-frame index (``index.npz``: source and DFT uuids, subset, split,
 number of atoms, energies, largest force, atomic numbers) that the queries and the report read without parsing the
 shards. The attributes hold everything a user filters datasets on in a ``QueryBuilder``: name, fingerprint, content
 hash, counts per subset and split, elements, seed and split fractions, how the frames were selected.
@@ -92,7 +92,7 @@ class DatasetData(orm.Data):
     ):
         """Store ``frames`` (validated: one fingerprint, one frame per source) in the node's repository.
 
-        :param frames: the frames (see :mod:`aiida_mad.export.frames`), in any order; stored in canonical order.
+        :param frames: the frames (see :mod:`aiida_mad.dataset.frames`), in any order; stored in canonical order.
         :param name: the dataset name.
         :param seed: the seed of the splits.
         :param fractions: the ``(train, val, test)`` fractions of the splits.
@@ -104,9 +104,9 @@ class DatasetData(orm.Data):
         super().__init__(**kwargs)
         if frames is None:
             return
-        from aiida_mad.export.extxyz import write_shards
-        from aiida_mad.export.frames import content_hash, sorted_frames, summarize, validate_frames
-        from aiida_mad.export.splits import validate_fractions
+        from aiida_mad.dataset.extxyz import write_shards
+        from aiida_mad.dataset.frames import content_hash, sorted_frames, summarize, validate_frames
+        from aiida_mad.dataset.splits import validate_fractions
 
         if not name:
             raise ValueError('a dataset needs a name')
@@ -166,7 +166,7 @@ class DatasetData(orm.Data):
 
     @property
     def content_hash(self) -> str:
-        """Return the order-independent content hash of the frames (:func:`aiida_mad.export.frames.content_hash`)."""
+        """Return the order-independent content hash of the frames (:func:`aiida_mad.dataset.frames.content_hash`)."""
         return self.base.attributes.get('content_hash')
 
     @property
@@ -203,7 +203,7 @@ class DatasetData(orm.Data):
 
     def frames(self) -> list[Atoms]:
         """Return every frame, in canonical order (subset, then source uuid)."""
-        from aiida_mad.export.extxyz import read_shards
+        from aiida_mad.dataset.extxyz import read_shards
 
         with self.base.repository.as_path(SHARD_FOLDER) as folder:
             return read_shards([pathlib.Path(folder) / pathlib.Path(name).name for name in self.shard_names()])
@@ -218,7 +218,7 @@ class DatasetData(orm.Data):
 
         :return: ``{split: (path, number of frames)}``.
         """
-        from aiida_mad.export.extxyz import write_split_files_from_shards
+        from aiida_mad.dataset.extxyz import write_split_files_from_shards
 
         with self.base.repository.as_path(SHARD_FOLDER) as folder:
             shards = [pathlib.Path(folder) / pathlib.Path(name).name for name in self.shard_names()]

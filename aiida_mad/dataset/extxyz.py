@@ -34,7 +34,7 @@ Decisions
 
 Speed: the values of a block of frames go through one numpy object array and one ``%`` template per frame (count
 line, header and atom lines), with no per-atom Python loop; validation is vectorised over all frames
-(:func:`~aiida_mad.export.frames.check_frames`). :func:`read_extxyz` parses files in this layout with one numpy
+(:func:`~aiida_mad.dataset.frames.check_frames`). :func:`read_extxyz` parses files in this layout with one numpy
 conversion for all atoms and falls back to ``ase.io.read`` for anything else. The export of a stored dataset should
 use :func:`write_split_files_from_shards`, which routes each frame's text from the shards to its split file without
 parsing it (tens of thousands of frames per second).
@@ -197,12 +197,12 @@ def write_extxyz(
 ) -> int:
     """Write frames to an extended-XYZ file.
 
-    :param frames: the frames (see :mod:`aiida_mad.export.frames`).
+    :param frames: the frames (see :mod:`aiida_mad.dataset.frames`).
     :param path: the file; a name ending in ``.gz`` is gzip-compressed (deterministically). An open text stream
         (anything with ``write``) is written to and left open.
     :param missing_stress: ``'nan'`` writes nine NaN for frames without stress (metatrain masks them),
         ``'omit'`` leaves the key out (for MACE); see the module documentation.
-    :param validate: check every frame with :func:`~aiida_mad.export.frames.validate_frame` first.
+    :param validate: check every frame with :func:`~aiida_mad.dataset.frames.validate_frame` first.
     :param compresslevel: gzip level for ``.gz`` files.
     :return: the number of frames written.
     :raises FrameError: if a frame does not follow the frame model (nothing is written).

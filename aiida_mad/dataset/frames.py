@@ -20,7 +20,7 @@ No other ``info`` key or per-atom array is allowed: the writers store exactly th
 
 Why ``ase.Atoms`` rather than a columnar table: every consumer (ASE, chemiscope, metatrain, MACE, the AiiDA
 ``StructureData`` converters) already speaks ``Atoms``, and the cost is small: the writers in
-:mod:`aiida_mad.export.extxyz` concatenate the per-frame arrays block-wise and format them with numpy, so building
+:mod:`aiida_mad.dataset.extxyz` concatenate the per-frame arrays block-wise and format them with numpy, so building
 and writing tens of thousands of frames stays well above 5 000 frames per second.
 
 String fields (subset, split, source uuid, fingerprint) must be single tokens that the extended-XYZ reader cannot
@@ -427,7 +427,7 @@ def content_hash(frames: Iterable[Atoms]) -> str:
     """Return the sha256 content hash of a collection of frames, independent of their order.
 
     Every value enters with its exact float64 bits (NaN canonicalised), so frames written to extended XYZ by
-    :mod:`aiida_mad.export.extxyz` (lossless shortest round-trip formatting) and read back hash the same.
+    :mod:`aiida_mad.dataset.extxyz` (lossless shortest round-trip formatting) and read back hash the same.
     """
     digests = sorted(frame_digest(frame) for frame in frames)
     total = hashlib.sha256(_HASH_VERSION + b'-collection')

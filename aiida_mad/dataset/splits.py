@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from ase import Atoms
 
@@ -163,8 +163,3 @@ def check_proportions(
                     f'± {proportion_tolerance(n, fraction, sigmas):.1f} ({sigmas} binomial standard deviations + 1)'
                 )
     return report
-
-
-def expected_counts(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, float]:
-    """Return the expected number of frames per split for a subset of ``n`` frames."""
-    return {split: n * fraction for split, fraction in zip(SPLITS, validate_fractions(fractions), strict=True)}

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .frames import check_frames, frame_label
+from ..dataset.frames import check_frames, frame_label
 
 __all__ = [
     'BASELINE_PER_ATOM',
@@ -103,8 +103,8 @@ def write_chemiscope(
 ) -> pathlib.Path:
     """Write frames as a gzip-compressed chemiscope input file.
 
-    :param frames: the frames (see :mod:`aiida_mad.export.frames`); they are checked with
-        :func:`~aiida_mad.export.frames.check_frames` first.
+    :param frames: the frames (see :mod:`aiida_mad.dataset.frames`); they are checked with
+        :func:`~aiida_mad.dataset.frames.check_frames` first.
     :param path: the file to write; by convention its name ends in ``.chemiscope.json.gz``.
     :param name: dataset name shown by chemiscope (``meta.name``).
     :param description: dataset description (``meta.description``); a summary of the frames if ``None``.

@@ -47,9 +47,9 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from ..dataset.frames import SPLITS, validate_frames
 from ..dos import GRID_POINTS, GRID_SPACING, GRID_START, SIGMA
 from .folders import staged_folder
-from .frames import SPLITS, validate_frames
 
 __all__ = [
     'ColabfitDataset',
@@ -346,7 +346,7 @@ def validate_metadata(metadata: dict) -> dict:
 def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
     """Build the ColabFit objects of a dataset.
 
-    :param frames: the frames (one fingerprint; see :mod:`aiida_mad.export.frames`).
+    :param frames: the frames (one fingerprint; see :mod:`aiida_mad.dataset.frames`).
     :param metadata: ``name``, ``authors`` (list of names), ``license``, ``description``, optional ``links``
         (list of URLs) and ``dos_grid`` (``start``, ``spacing``, ``sigma`` in eV; defaults: the project's grid).
     :return: the dataset; ``dataset.report`` counts frames, unique objects and duplicates.

@@ -506,7 +506,7 @@ class DatasetWorkChain(WorkChain):
     @staticmethod
     def validate_inputs(value, _):
         """Check the name, the fractions and the seed before anything runs."""
-        from aiida_mad.export.splits import validate_fractions
+        from aiida_mad.dataset.splits import validate_fractions
 
         try:
             validate_name(value['name'].value)

@@ -10,7 +10,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from aiida_mad.export.extxyz import (
+from aiida_mad.dataset.extxyz import (
     PROPERTIES,
     from_ase,
     read_extxyz,
@@ -20,7 +20,7 @@ from aiida_mad.export.extxyz import (
     write_split_files,
     write_split_files_from_shards,
 )
-from aiida_mad.export.frames import FrameError, content_hash
+from aiida_mad.dataset.frames import FrameError, content_hash
 
 
 def assert_same_frames(actual, expected):

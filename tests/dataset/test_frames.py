@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from aiida_mad.export.frames import (
+from aiida_mad.dataset.frames import (
     FrameError,
     check_frames,
     content_hash,

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from aiida_mad.export.splits import (
+from aiida_mad.dataset.splits import (
     apply_splits,
     assign_split,
     check_proportions,

@@ -14,6 +14,7 @@ import chemiscope
 import numpy as np
 import pytest
 
+from aiida_mad.dataset.frames import FrameError
 from aiida_mad.export.chemiscope import (
     BASELINE_PER_ATOM,
     ENERGY,
@@ -28,7 +29,6 @@ from aiida_mad.export.chemiscope import (
     write_chemiscope,
     write_chemiscope_per_subset,
 )
-from aiida_mad.export.frames import FrameError
 from tests.export.test_report import find_chromium, run_chromium
 
 CHEMISCOPE_JS = pathlib.Path(chemiscope.__file__).parent / 'sphinx' / 'static' / 'chemiscope.min.js'

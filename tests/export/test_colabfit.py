@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from aiida_mad.dataset.frames import FrameError
 from aiida_mad.export.colabfit import (
     FILES,
     UNITS,
@@ -16,7 +17,6 @@ from aiida_mad.export.colabfit import (
     read_colabfit,
     write_colabfit,
 )
-from aiida_mad.export.frames import FrameError
 
 METADATA = {
     'name': 'mad-test',

@@ -9,8 +9,8 @@ from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 
 from aiida_mad.data.dataset import DatasetData
-from aiida_mad.export.frames import content_hash
-from aiida_mad.export.splits import assign_split
+from aiida_mad.dataset.frames import content_hash
+from aiida_mad.dataset.splits import assign_split
 from aiida_mad.workflows.dataset import DatasetSelectionError, DatasetWorkChain, select_results
 from tests.labelled import DFT_GROUPS, MIX_GROUP, OTHER_LEVEL, SEED_GROUP
 
