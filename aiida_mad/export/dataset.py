@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .folders import check_free, staged_folder
+from .folders import MARKER, check_free, staged_folder
 
 __all__ = (
     'ExportError',
@@ -92,6 +92,7 @@ def export_dataset(
             written = write_colabfit(built, staging / 'colabfit', force=True)
             for path in written.values():
                 path.rename(staging / path.name)
+            (staging / 'colabfit' / MARKER).unlink()
             (staging / 'colabfit').rmdir()
             names = sorted(path.name for path in written.values())
         return {name: pathlib.Path(directory).absolute() / name for name in names}
@@ -271,7 +272,14 @@ def write_dataset_record(
             files[extra.name] = extra
         try:
             return record_module.write_record(
-                directory, metadata=checked, files=files, frames=frames, force=force, link=True, **limits
+                directory,
+                metadata=checked,
+                files=files,
+                frames=frames,
+                force=force,
+                link=True,
+                fractions=dataset.base.attributes.get('fractions', None),
+                **limits,
             )
         except record_module.RecordError as exception:
             raise ExportError(str(exception)) from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import html
 import io
 import os
 import pathlib
@@ -38,9 +39,10 @@ import numpy as np
 import yaml
 from ase import Atoms
 
+from ..constants import DEFAULT_FRACTIONS
 from ..dataset.extxyz import write_extxyz
 from ..dataset.frames import validate_frames
-from .folders import staged_folder
+from .folders import MARKER, staged_folder
 
 __all__ = [
     'FILE_LIMIT_BYTES',
@@ -80,16 +82,17 @@ REFERENCE_TYPES = ('Journal reference', 'Preprint', 'Software', 'Dataset', 'Webs
 #: Names the record writes itself.
 GENERATED_FILES = ('metadata.yml', 'optimade.yaml', 'README.md')
 
-#: Descriptions of the files a MAD record usually holds (``fnmatch`` patterns, first match wins).
+#: Descriptions of the files a MAD record usually holds (``fnmatch`` patterns, first match wins); ``{train}``,
+#: ``{val}`` and ``{test}`` are replaced by the dataset's split fractions.
 FILE_DESCRIPTIONS = (
     (
         '*-train.xyz',
-        'Extended XYZ, training split (80 % of every subset): positions (Å), REF_energy (eV), '
+        'Extended XYZ, training split ({train} of every subset): positions (Å), REF_energy (eV), '
         'REF_forces (eV/Å), REF_stress (eV/Å³, 3x3 row-major, ASE sign; NaN for non-periodic frames), subset, split, '
         'source_uuid, fingerprint; readable by ase.io.read, metatrain and MACE.',
     ),
-    ('*-val.xyz', 'Extended XYZ, validation split (10 % of every subset); same keys as the training file.'),
-    ('*-test.xyz', 'Extended XYZ, test split (10 % of every subset); same keys as the training file.'),
+    ('*-val.xyz', 'Extended XYZ, validation split ({val} of every subset); same keys as the training file.'),
+    ('*-test.xyz', 'Extended XYZ, test split ({test} of every subset); same keys as the training file.'),
     (
         'atomic-energies.csv',
         'Isolated-atom reference energies (eV) of the same level of theory, one element a '
@@ -298,12 +301,17 @@ def check_record_size(
     return {'files_bytes': files_bytes, 'aiida_bytes': aiida_bytes}
 
 
-def _describe(name: str, description: str | None) -> str:
+def _percent(fraction: float) -> str:
+    return f'{100 * fraction:g} %'
+
+
+def _describe(name: str, description: str | None, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
     if description:
         return description
+    train, val, test = (_percent(fraction) for fraction in fractions)
     for pattern, text in FILE_DESCRIPTIONS:
         if fnmatch.fnmatch(name, pattern):
-            return text
+            return text.format(train=train, val=val, test=test)
     raise RecordError(f'record file {name!r} has no description: pass it as (path, description)')
 
 
@@ -396,16 +404,23 @@ def _author_name(author: dict) -> str:
     return author.get('name') or f'{author["givennames"]} {author["familyname"]}'
 
 
+def _escape(text) -> str:
+    """Return ``text`` with ``&``, ``<`` and ``>`` escaped: metadata is shown as text, never as HTML."""
+    return html.escape(str(text), quote=False)
+
+
 def _readme(metadata: dict, rows: list[tuple[str, int, str]]) -> str:
-    lines = [f'# {metadata["title"]}', '', metadata['description'], '', '## Authors', '']
+    """Return the README: the metadata (every user-given text HTML-escaped) and the table of files."""
+    lines = [f'# {_escape(metadata["title"])}', '', _escape(metadata['description']), '', '## Authors', '']
     for author in metadata['authors']:
-        orcid = f' (ORCID {author["orcid"]})' if 'orcid' in author else ''
-        lines.append(f'- {_author_name(author)}{orcid}: {"; ".join(author["affiliations"])}')
+        orcid = f' (ORCID {_escape(author["orcid"])})' if 'orcid' in author else ''
+        affiliations = '; '.join(_escape(affiliation) for affiliation in author['affiliations'])
+        lines.append(f'- {_escape(_author_name(author))}{orcid}: {affiliations}')
     lines += ['', f'License: {metadata["license"]} ({LICENSES[metadata["license"]]})', '']
-    lines += ['Keywords: ' + ', '.join(metadata['keywords']), '', '## References', '']
+    lines += ['Keywords: ' + ', '.join(_escape(keyword) for keyword in metadata['keywords']), '', '## References', '']
     for reference in metadata['references']:
-        extra = ''.join(f' {key}: {reference[key]}.' for key in ('doi', 'url', 'comment') if key in reference)
-        lines.append(f'- {reference["type"]}: {reference["citation"]}.{extra}')
+        extra = ''.join(f' {key}: {_escape(reference[key])}.' for key in ('doi', 'url', 'comment') if key in reference)
+        lines.append(f'- {_escape(reference["type"])}: {_escape(reference["citation"])}.{extra}')
     lines += [
         '',
         '## Files',
@@ -416,7 +431,7 @@ def _readme(metadata: dict, rows: list[tuple[str, int, str]]) -> str:
         '| --- | --- | --- |',
     ]
     for name, size, description in rows:
-        lines.append(f'| `{name}` | {size:,} bytes | {description} |')
+        lines.append(f'| `{name}` | {size:,} bytes | {_escape(description)} |')
     lines.append('')
     return '\n'.join(lines)
 
@@ -425,7 +440,7 @@ def _zip_folder(source: pathlib.Path, target: pathlib.Path) -> None:
     """Zip a folder deterministically (sorted names, fixed time stamps)."""
     with zipfile.ZipFile(target, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
         for item in sorted(source.rglob('*')):
-            if item.is_file():
+            if item.is_file() and item.relative_to(source) != pathlib.Path(MARKER):
                 info = zipfile.ZipInfo(str(item.relative_to(source)), date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, item.read_bytes())
@@ -441,6 +456,7 @@ def write_record(
     link: bool = False,
     file_limit: int = FILE_LIMIT_BYTES,
     aiida_limit: int = AIIDA_LIMIT_BYTES,
+    fractions: Sequence[float] | None = None,
 ) -> dict[str, pathlib.Path]:
     """Write a Materials Cloud Archive record folder.
 
@@ -454,16 +470,23 @@ def write_record(
         A folder is stored as a zip (its name must end in ``.zip``).
     :param frames: the record's frames; given, the record gets ``optimade-structures.zip`` and
         ``optimade-properties.csv`` and ``optimade.yaml`` serves every frame (see the module documentation).
-    :param force: replace an existing non-empty folder.
+    :param force: replace a folder written by an earlier record or export (one holding the marker of
+        :mod:`aiida_mad.export.folders` and nothing else); any other non-empty folder is refused.
     :param link: hard-link files instead of copying them where the file system allows (for big archives).
     :param file_limit: the Archive's file limit in bytes (default 5 GB).
     :param aiida_limit: the Archive's AiiDA-archive limit in bytes (default 50 GB).
+    :param fractions: the dataset's ``(train, val, test)`` split fractions, quoted in the descriptions of the split
+        files (default 0.8, 0.1, 0.1).
     :return: ``{name: path}`` of every file in the record, generated ones included.
-    :raises RecordError: for invalid metadata, files or sizes, or an existing non-empty folder without ``force``.
+    :raises RecordError: for invalid metadata, files or sizes, a folder that is not free (see
+        :func:`~aiida_mad.export.folders.check_free`), or a failure of the file system (full disk, read-only place).
     """
     checked = validate_metadata(metadata)
     normalised = _normalise_files(files)
-    descriptions = {name: _describe(name, description) for name, (_, description) in normalised.items()}
+    fractions = tuple(DEFAULT_FRACTIONS if fractions is None else fractions)
+    if len(fractions) != 3 or not all(isinstance(value, int | float) and 0 <= value <= 1 for value in fractions):
+        raise RecordError(f'fractions must be three numbers from 0 to 1 (train, val, test), got {fractions!r}')
+    descriptions = {name: _describe(name, description, fractions) for name, (_, description) in normalised.items()}
     check_record_size(normalised, file_limit=file_limit, aiida_limit=aiida_limit)
     generated = [OPTIMADE_STRUCTURES, OPTIMADE_PROPERTIES_FILE] if frames is not None else []
     clashes = sorted(set(generated) & set(normalised))
@@ -477,7 +500,7 @@ def write_record(
         validate_frames(frames)
 
     directory = pathlib.Path(directory).absolute()
-    with staged_folder(directory, force=force, error=RecordError) as staging:
+    with staged_folder(directory, force=force, error=RecordError, kind='record') as staging:
         for name, (source, _) in normalised.items():
             target = staging / name
             if source.is_dir():
@@ -491,7 +514,7 @@ def write_record(
                 shutil.copyfile(source, target)
         if frames is not None:
             write_optimade_files(staging, frames)
-            descriptions.update({name: _describe(name, None) for name in generated})
+            descriptions.update({name: _describe(name, None, fractions) for name in generated})
         names = [*normalised, *generated]
         check_record_size({name: staging / name for name in names}, file_limit=file_limit, aiida_limit=aiida_limit)
         rows = [(name, (staging / name).stat().st_size, descriptions[name]) for name in names]

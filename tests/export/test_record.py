@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from aiida_mad.dataset.extxyz import read_extxyz, write_split_files
+from aiida_mad.export.folders import MARKER
 from aiida_mad.export.record import (
     AIIDA_LIMIT_BYTES,
     FILE_LIMIT_BYTES,
@@ -73,7 +74,7 @@ def test_record_folder_is_complete(tmp_path, frames, record_files):
             'optimade-properties.csv',
         ]
     )
-    assert names == expected
+    assert names == sorted([*expected, MARKER])
     assert sorted(paths) == expected
     metadata = yaml.safe_load((tmp_path / 'record' / 'metadata.yml').read_text())
     assert metadata == validate_metadata(METADATA)
@@ -85,7 +86,7 @@ def test_record_folder_is_complete(tmp_path, frames, record_files):
     }
     assert metadata['authors'][1] == {'name': 'Charles Babbage', 'affiliations': ['Analytical Engines Ltd, London, UK']}
     readme = (tmp_path / 'record' / 'README.md').read_text()
-    for name in names:
+    for name in expected:
         if name != 'README.md':
             assert f'`{name}`' in readme
     assert 'Free-form notes of the authors.' in readme
@@ -168,8 +169,12 @@ def test_existing_folder_needs_force(tmp_path, record_files):
     with pytest.raises(RecordError, match='exists and is not empty'):
         write_record(target, metadata=METADATA, files=record_files)
     assert [item.name for item in target.iterdir()] == ['old.txt']
-    write_record(target, metadata=METADATA, files=record_files, force=True)
-    assert not (target / 'old.txt').exists()
+    with pytest.raises(RecordError, match='not written by an aiida-mad export, not replaced'):
+        write_record(target, metadata=METADATA, files=record_files, force=True)
+    assert [item.name for item in target.iterdir()] == ['old.txt']
+    (target / 'old.txt').unlink()
+    write_record(target, metadata=METADATA, files=record_files)
+    write_record(target, metadata=METADATA, files=record_files, force=True)  # an earlier record is replaced
     assert (target / 'metadata.yml').is_file()
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -239,3 +244,24 @@ def test_size_limits_of_the_archive(tmp_path, record_files):
     )
     # a custom limit, e.g. for an agreed exception
     assert check_record_size({'big.xyz': big}, file_limit=6 * 1000**3)['files_bytes'] == big.stat().st_size
+
+
+def test_readme_escapes_html_and_quotes_the_real_split_fractions(tmp_path, record_files):
+    metadata = {
+        **METADATA,
+        'title': 'Data <script>alert(1)</script>',
+        'description': 'A & B <img src=x onerror=alert(2)>',
+        'keywords': ['<b>bold</b>', 'DFT', 'MLIP'],
+    }
+    write_record(tmp_path / 'record', metadata=metadata, files=record_files, fractions=(0.7, 0.2, 0.1))
+    readme = (tmp_path / 'record' / 'README.md').read_text()
+    assert '<script>' not in readme and '<img' not in readme and '<b>' not in readme
+    assert '# Data &lt;script&gt;alert(1)&lt;/script&gt;' in readme
+    assert 'A &amp; B &lt;img src=x onerror=alert(2)&gt;' in readme
+    assert 'training split (70 % of every subset)' in readme
+    assert 'validation split (20 % of every subset)' in readme and 'test split (10 % of every subset)' in readme
+    assert '80 %' not in readme
+    # metadata.yml keeps the text as given: it is data, not markup
+    assert yaml.safe_load((tmp_path / 'record' / 'metadata.yml').read_text())['title'] == metadata['title']
+    with pytest.raises(RecordError, match='fractions must be three numbers'):
+        write_record(tmp_path / 'other', metadata=METADATA, files=record_files, fractions=(0.8, 0.2))
