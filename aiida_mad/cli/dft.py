@@ -214,7 +214,7 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
 
     from aiida.engine import submit
 
-    from aiida_mad.export.atomic_energies import write_atomic_energies_csv
+    from aiida_mad.dataset.atomic_energies import write_atomic_energies_csv
     from aiida_mad.structures.elements import UnknownElementError, element_pool, validate_symbols
     from aiida_mad.workflows.dft import MadDftWorkChain, load_family
     from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain

@@ -109,7 +109,7 @@ def write_export_files(
     dataset, folder: pathlib.Path, *, prefix: str, missing_stress: str, archives: bool, chemiscope: bool
 ) -> None:
     """Write the ``xyz`` exports of ``dataset`` into the existing, empty ``folder``."""
-    from aiida_mad.export.atomic_energies import write_atomic_energies_csv
+    from aiida_mad.dataset.atomic_energies import write_atomic_energies_csv
 
     dataset.write_split_files(folder, prefix=prefix, missing_stress=missing_stress)
     if dataset.atomic_energies:

@@ -13,10 +13,10 @@ import yaml
 from aiida import orm
 from aiida.engine import calcfunction
 
-from aiida_mad.export.atomic_energies import read_atomic_energies_csv
+from aiida_mad.dataset.atomic_energies import read_atomic_energies_csv
 from aiida_mad.export.chemiscope import read_chemiscope
 from aiida_mad.workflows.dataset import load_dataset
-from tests.export.test_extxyz import check_mace_reads, check_metatrain_energy, metatrain_read
+from tests.dataset.test_extxyz import check_mace_reads, check_metatrain_energy, metatrain_read
 from tests.labelled import DFT_GROUPS, RATTLED_GROUP, SEED_GROUP
 
 NAME = 'cli-dataset'

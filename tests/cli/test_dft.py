@@ -4,7 +4,7 @@ import pytest
 from aiida import orm
 from ase.build import bulk
 
-from aiida_mad.export.atomic_energies import read_atomic_energies_csv
+from aiida_mad.dataset.atomic_energies import read_atomic_energies_csv
 
 
 def structure_group(label, structures):
