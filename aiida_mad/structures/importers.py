@@ -7,7 +7,9 @@ before anything is stored. Three sources feed the ``mc3d``, ``mc2d`` and ``shift
   frame of every file.
 * :func:`read_ase_db`: the rows of an ASE database, optionally narrowed by an ASE selection string.
 * :class:`OptimadeClient`: the ``/v1/structures`` endpoint of any OPTIMADE provider (MC3D is served by Materials
-  Cloud), following the server's pagination links. It needs only the standard library.
+  Cloud), following the server's pagination links. HTTP goes through the standard library; each entry is validated
+  against the OPTIMADE specification and converted to ``ase.Atoms`` by optimade-python-tools' adapter
+  (``optimade.adapters.Structure(...).as_ase``), with the few additions it lacks (see :func:`atoms_from_optimade`).
 
 All three give :class:`ImportedStructure` objects whose ``metadata`` says where each structure came from; the
 metadata holds only JSON values, so that it can be stored as node extras unchanged.
@@ -22,12 +24,15 @@ Policies, decided here once so that every caller behaves the same:
   provider legitimately matches a few such entries and one of them must not abort an import of thousands.
 * Non-periodic directions of OPTIMADE entries whose lattice vector is ``null`` get a zero cell vector (the ASE
   convention for "no cell along this direction") and ``pbc=False`` along it; adding vacuum is the caller's choice.
+* An OPTIMADE entry that breaks the specification (as optimade-python-tools' models check it: shapes, ``nsites``,
+  species names, ``null`` vectors along periodic directions, ...) is skipped with the validation errors as reason.
 * Plausibility checks beyond "finite coordinates and a definite composition" (close contacts, element pool,
   degenerate cells) belong to ``aiida_mad.structures.checks`` and are not repeated here.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -37,6 +42,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,16 +362,16 @@ def read_ase_db(path: str | os.PathLike, *, selection: str | int | None = None) 
 def atoms_from_optimade(entry: Mapping[str, Any]) -> Atoms:
     """Convert one OPTIMADE structure entry (or its ``attributes``) to ``ase.Atoms``.
 
-    Reads ``lattice_vectors`` and ``cartesian_site_positions`` (Å), ``species_at_sites`` mapped through ``species``
-    to chemical symbols, and ``dimension_types`` (or ``nperiodic_dimensions``) for the periodic boundary conditions.
-    A ``null`` lattice vector of a non-periodic direction becomes a zero cell vector. Without ``species`` the site
-    names must be chemical symbols themselves.
+    The entry is validated against the OPTIMADE specification and converted by optimade-python-tools
+    (:class:`optimade.adapters.Structure` and its ``as_ase``), after the additions the adapter lacks: see
+    :func:`_prepare_attributes` and :func:`_refuse_unordered`.
 
     :param entry: a JSON:API resource object with ``attributes``, or the attributes themselves.
     :return: the structure.
     :raises StructureImportError: naming the reason if the entry is disordered (several chemical symbols or a
-        vacancy on a species, partial concentrations, ``disorder``/``implicit_atoms``/``assemblies`` features),
-        uses the unknown element ``X``, lacks a needed field or holds inconsistent or non-finite values.
+        vacancy on a species, partial concentrations, ``disorder``/``implicit_atoms``/``assemblies``/
+        ``site_attachments`` features), uses the unknown element ``X``, or is no valid OPTIMADE structure (the
+        message quotes the validation errors of optimade-python-tools).
     """
     try:
         return _atoms_from_optimade(entry)
@@ -384,6 +390,20 @@ def _atoms_from_optimade(entry: Mapping[str, Any]) -> Atoms:
         raise _RefusedError(f'malformed entry: {type(exc).__name__}: {exc}') from exc
 
 
+@functools.cache
+def _optimade_adapter():
+    """Return :class:`optimade.adapters.Structure` and the exceptions of a refused conversion.
+
+    Imported on first use, not with this module: ``optimade.adapters`` also loads its AiiDA adapter, which imports
+    aiida-core when it is installed, and this module must stay free of AiiDA (and quick to import).
+    """
+    import pydantic
+    from optimade.adapters import Structure
+    from optimade.adapters.exceptions import ConversionError
+
+    return Structure, (pydantic.ValidationError, ConversionError)
+
+
 def _convert_optimade_entry(entry: Mapping[str, Any]) -> Atoms:
     """Do the conversion of :func:`_atoms_from_optimade`."""
     if not isinstance(entry, Mapping):
@@ -391,119 +411,141 @@ def _convert_optimade_entry(entry: Mapping[str, Any]) -> Atoms:
     attributes = entry.get('attributes', entry)
     if not isinstance(attributes, Mapping):
         raise _RefusedError('attributes is not a JSON object')
+    _refuse_unordered(attributes)
+    attributes = _prepare_attributes(attributes)
 
+    structure_class, refusals = _optimade_adapter()
+    resource = {'id': str(entry.get('id', 'entry')), 'type': 'structures', 'attributes': attributes}
+    try:
+        with warnings.catch_warnings():
+            # Missing optional fields (formulae, elements) are no reason to refuse a structure.
+            warnings.simplefilter('ignore', category=_optimade_warning())
+            atoms = structure_class(resource).as_ase
+    except refusals as exc:
+        raise _RefusedError(f'not a valid OPTIMADE structure: {_validation_summary(exc)}') from exc
+
+    if attributes.get('lattice_vectors') is None and any(value == 1 for value in attributes['dimension_types']):
+        raise _RefusedError('periodic structure without lattice_vectors')
+    # The adapter turns the null lattice vector of a non-periodic direction into NaN: ASE's "no cell vector" is zero.
+    pbc = np.array([value == 1 for value in attributes['dimension_types']])
+    cell = atoms.cell.array.copy()
+    cell[~pbc & np.isnan(cell).any(axis=1)] = 0.0
+    atoms.set_cell(cell)
+    atoms.pbc = pbc
+    atoms.info.clear()  # provider-specific fields end up in info: the importers return structures only
+    _check_atoms(atoms)
+    periodic = cell[pbc]
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8) < len(periodic):
+        raise _RefusedError('lattice vectors of the periodic directions are linearly dependent')
+    return atoms
+
+
+def _optimade_warning() -> type[Warning]:
+    from optimade.warnings import OptimadeWarning
+
+    return OptimadeWarning
+
+
+def _validation_summary(exc: Exception, limit: int = 3) -> str:
+    """Return the first ``limit`` errors of a pydantic ``ValidationError`` (field path and message), or the text."""
+    errors = getattr(exc, 'errors', None)
+    if errors is None:
+        return str(exc)
+    lines = []
+    for error in errors()[:limit]:
+        location = '.'.join(str(part) for part in error['loc'] if part != 'attributes')
+        message = error['msg'].removeprefix('Value error, ')
+        lines.append(f'{location}: {message}' if location else message)
+    more = len(errors()) - limit
+    return '; '.join(lines) + (f' (and {more} more)' if more > 0 else '')
+
+
+def _refuse_unordered(attributes: Mapping[str, Any]) -> None:
+    """Refuse what the ASE adapter would convert wrongly or with an unclear error: the policy of this module.
+
+    The adapter refuses the ``disorder`` feature and the element ``X`` itself, but it keeps the first chemical symbol
+    of a species whatever its concentration, and fails on vacancies, site attachments and implicit atoms with
+    generic errors. Here they are refused, each with its reason.
+    """
     features = attributes.get('structure_features') or []
-    refused_features = sorted({'disorder', 'implicit_atoms', 'assemblies'}.intersection(features))
+    if not isinstance(features, list):
+        raise _RefusedError(f'structure_features must be a list, got {features!r}')
+    refused_features = sorted({'disorder', 'implicit_atoms', 'assemblies', 'site_attachments'}.intersection(features))
     if refused_features:
         raise _RefusedError(f'structure_features {refused_features}: only ordered structures with all atoms on sites')
     if attributes.get('assemblies'):
         raise _RefusedError('has assemblies (alternative site groups): only ordered structures')
 
-    positions = _float_array(attributes.get('cartesian_site_positions'), 'cartesian_site_positions')
-    if positions.ndim != 2 or positions.shape[1] != 3 or len(positions) == 0:
-        shape = positions.shape
-        raise _RefusedError(f'cartesian_site_positions must be a non-empty list of 3-vectors, got shape {shape}')
-    if not np.all(np.isfinite(positions)):
-        raise _RefusedError('cartesian_site_positions has non-finite values')
-
+    species = attributes.get('species')
     site_names = attributes.get('species_at_sites')
-    if not isinstance(site_names, list) or not all(isinstance(name, str) for name in site_names):
-        raise _RefusedError('species_at_sites is missing or not a list of names')
-    if len(site_names) != len(positions):
-        raise _RefusedError(f'{len(site_names)} species_at_sites but {len(positions)} cartesian_site_positions')
-    nsites = attributes.get('nsites')
-    if nsites is not None and nsites != len(positions):
-        raise _RefusedError(f'nsites={nsites} but {len(positions)} cartesian_site_positions')
-
-    symbol_of = _species_symbols(attributes.get('species'), set(site_names))
-    symbols = [symbol_of[name] for name in site_names]
-
-    pbc = _periodicity(attributes)
-    cell = _cell(attributes.get('lattice_vectors'), pbc)
-
-    return Atoms(symbols=symbols, positions=positions, cell=cell, pbc=pbc)
-
-
-def _float_array(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` as a float array; ``null`` components are refused (numpy would turn them into NaN)."""
-    if value is None:
-        raise _RefusedError(f'{name} is missing')
-    if _contains_null(value):
-        raise _RefusedError(f'{name} has null components')
-    try:
-        return np.array(value, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise _RefusedError(f'{name} is not a regular array of numbers') from exc
-
-
-def _contains_null(value: Any) -> bool:
-    """Return whether a nested list holds ``None`` anywhere."""
-    if isinstance(value, list | tuple):
-        return any(_contains_null(item) for item in value)
-    return value is None
-
-
-def _species_symbols(species: Any, used: set[str]) -> dict[str, str]:
-    """Map every species name in ``used`` to one chemical symbol, refusing disorder, vacancies and ``X``."""
     if species is None:
-        # Some providers do not serve ``species``; their site names are then plain chemical symbols.
-        unknown = sorted(name for name in used if name not in atomic_numbers or name == 'X')
-        if unknown:
-            raise _RefusedError(f'no species list, and site names {unknown} are not chemical symbols')
-        return {name: name for name in used}
+        # Without ``species`` the adapter takes the site names as chemical symbols.
+        if isinstance(site_names, list):
+            unknown = sorted({name for name in site_names if name not in atomic_numbers or name == 'X'}, key=str)
+            if unknown:
+                raise _RefusedError(f'no species list, and site names {unknown} are not chemical symbols')
+        return
     if not isinstance(species, list):
         raise _RefusedError('species is not a list')
-
-    symbol_of: dict[str, str] = {}
     for item in species:
         if not isinstance(item, Mapping) or not isinstance(item.get('name'), str):
             raise _RefusedError('species holds an item without a name')
         name = item['name']
-        if name not in used:
-            continue
         symbols = item.get('chemical_symbols')
-        concentration = item.get('concentration')
         if not isinstance(symbols, list) or not symbols:
             raise _RefusedError(f'species {name!r} has no chemical_symbols')
         if len(symbols) > 1:
             raise _RefusedError(f'species {name!r} is disordered (chemical_symbols {symbols}): only ordered structures')
-        symbol = symbols[0]
-        if symbol == 'vacancy':
+        if symbols[0] == 'vacancy':
             raise _RefusedError(f'species {name!r} is a vacancy: only ordered structures')
-        if symbol == 'X' or symbol not in atomic_numbers:
-            raise _RefusedError(f'species {name!r} has unknown element {symbol!r}')
-        if concentration is not None and (
-            not isinstance(concentration, list)
-            or len(concentration) != 1
-            or concentration[0] is None
-            or abs(float(concentration[0]) - 1) > _OCCUPANCY_TOLERANCE
+        if symbols[0] == 'X' or symbols[0] not in atomic_numbers:
+            raise _RefusedError(f'species {name!r} has unknown element {symbols[0]!r}')
+        concentration = item.get('concentration')
+        if (
+            isinstance(concentration, list)
+            and len(concentration) == 1
+            and isinstance(concentration[0], int | float)
+            and abs(float(concentration[0]) - 1) > _OCCUPANCY_TOLERANCE
         ):
             raise _RefusedError(f'species {name!r} has partial concentration {concentration}: only ordered structures')
         if item.get('attached'):
             raise _RefusedError(f'species {name!r} has attached atoms without positions {item["attached"]}')
-        symbol_of[name] = symbol
 
-    missing = sorted(used - symbol_of.keys())
-    if missing:
-        raise _RefusedError(f'species_at_sites names {missing} that are not in species')
-    return symbol_of
+
+def _prepare_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``attributes`` completed where the adapter needs a field that a provider may not serve.
+
+    * ``dimension_types`` absent: inferred from ``nperiodic_dimensions`` (0 or 3) or, for 1 and 2, from which
+      lattice vectors are ``null``; the adapter would take "no dimension types" for "not periodic".
+    * A lattice vector given as a single ``null`` becomes three ``null`` components (the OPTIMADE form).
+    * ``nsites`` absent: the number of positions (the adapter counts sites with it).
+    * ``structure_features`` and ``last_modified`` absent: ``[]`` and ``null``. The model requires both fields to be
+      present; a provider that narrows its response may leave them out, and neither changes the structure (a
+      disordered entry still fails: the model requires the ``disorder`` feature for a multi-symbol species).
+    """
+    prepared = dict(attributes)
+    if prepared.get('dimension_types') is None:
+        prepared['dimension_types'] = [int(value) for value in _periodicity(attributes)]
+    vectors = prepared.get('lattice_vectors')
+    if isinstance(vectors, list):
+        prepared['lattice_vectors'] = [[None, None, None] if vector is None else vector for vector in vectors]
+    positions = prepared.get('cartesian_site_positions')
+    if prepared.get('nsites') is None and isinstance(positions, list):
+        prepared['nsites'] = len(positions)
+    prepared.setdefault('structure_features', [])
+    prepared.setdefault('last_modified', None)
+    if prepared['structure_features'] is None:
+        prepared['structure_features'] = []
+    return prepared
 
 
 def _periodicity(attributes: Mapping[str, Any]) -> list[bool]:
-    """Return the periodic boundary conditions from ``dimension_types`` or, failing that, ``nperiodic_dimensions``."""
-    dimension_types = attributes.get('dimension_types')
+    """Return the periodic boundary conditions of an entry that has no ``dimension_types``."""
     nperiodic = attributes.get('nperiodic_dimensions')
-    if dimension_types is not None:
-        if not isinstance(dimension_types, list) or len(dimension_types) != 3 or set(dimension_types) - {0, 1}:
-            raise _RefusedError(f'dimension_types must be three 0/1 values, got {dimension_types}')
-        pbc = [value == 1 for value in dimension_types]
-        if nperiodic is not None and nperiodic != sum(pbc):
-            raise _RefusedError(f'nperiodic_dimensions={nperiodic} disagrees with dimension_types {dimension_types}')
-        return pbc
     if nperiodic in (0, 3):
         return [nperiodic == 3] * 3
     if nperiodic in (1, 2):
-        # Without dimension_types only the non-null lattice vectors can say which directions are periodic.
+        # Without dimension_types only the null lattice vectors can say which directions are periodic.
         vectors = attributes.get('lattice_vectors')
         if isinstance(vectors, list) and len(vectors) == 3:
             pbc = [isinstance(v, list) and len(v) == 3 and all(c is not None for c in v) for v in vectors]
@@ -513,37 +555,12 @@ def _periodicity(attributes: Mapping[str, Any]) -> list[bool]:
     raise _RefusedError('neither dimension_types nor nperiodic_dimensions says which directions are periodic')
 
 
-def _cell(vectors: Any, pbc: list[bool]) -> np.ndarray:
-    """Return the 3x3 cell; a ``null`` vector is allowed (as zeros) only along a non-periodic direction."""
-    cell = np.zeros((3, 3))
-    if vectors is None:
-        if any(pbc):
-            raise _RefusedError('periodic structure without lattice_vectors')
-        return cell
-    if not isinstance(vectors, list) or len(vectors) != 3:
-        raise _RefusedError('lattice_vectors must be three vectors')
-    for axis, vector in enumerate(vectors):
-        if vector is None or (isinstance(vector, list) and any(component is None for component in vector)):
-            if pbc[axis]:
-                raise _RefusedError(f'lattice vector {axis} of a periodic direction is null')
-            continue
-        values = _float_array(vector, f'lattice vector {axis}')
-        if values.shape != (3,):
-            raise _RefusedError(f'lattice vector {axis} must have three components')
-        cell[axis] = values
-    if not np.all(np.isfinite(cell)):
-        raise _RefusedError('lattice_vectors has non-finite values')
-    periodic = cell[np.array(pbc)]
-    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8) < len(periodic):
-        raise _RefusedError('lattice vectors of the periodic directions are linearly dependent')
-    return cell
-
-
 class OptimadeClient:
     """Fetch structures from the ``/v1/structures`` endpoint of an OPTIMADE provider, following pagination.
 
-    Uses only the standard library (``urllib``). Entries that cannot be converted (disordered, vacancies, ...) are
-    skipped and recorded in :attr:`skipped` instead of aborting the whole import; HTTP and protocol failures raise
+    HTTP goes through the standard library (``urllib``), the conversion through :func:`atoms_from_optimade`. Entries
+    that cannot be converted (disordered, vacancies, ...) are skipped and recorded in :attr:`skipped` instead of
+    aborting the whole import; HTTP and protocol failures raise
     :class:`OptimadeError`.
 
     :param base_url: the provider's base URL, with or without a trailing ``/v1`` (``/v1.2``, ``/``), e.g.

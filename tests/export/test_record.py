@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 import yaml
+from optimade_maker import config, convert
 
 from aiida_mad.dataset.extxyz import read_extxyz, write_split_files
 from aiida_mad.export.folders import MARKER
@@ -100,8 +101,6 @@ def test_record_folder_is_complete(tmp_path, frames, record_files):
 
 def test_optimade_maker_serves_every_frame_with_its_properties(tmp_path, frames, record_files):
     """The Archive's OPTIMADE integration (optimade-maker) turns the record into one entry per frame."""
-    config = pytest.importorskip('optimade_maker.config')
-    convert = pytest.importorskip('optimade_maker.convert')
     write_record(tmp_path / 'record', metadata=METADATA, files=record_files, frames=frames)
     parsed = config.Config.from_file(tmp_path / 'record' / 'optimade.yaml')
     assert parsed.entries[0].entry_type == 'structures'

@@ -11,7 +11,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
-from aiida_mad.structures import prototypes
+from aiida_mad.structures import checks, prototypes
 from aiida_mad.structures.elements import covalent_radius, element_pool
 from aiida_mad.structures.prototypes import (
     atomic_radius,
@@ -256,7 +256,6 @@ def test_generate_mp_aloe(library):
 
 
 def test_generated_structures_are_plausible(library):
-    checks = pytest.importorskip('aiida_mad.structures.checks')
     rng = np.random.default_rng(0)
     for prototype in library[:40]:
         generated = generate_mp_aloe(prototype, rng, POOL)

@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
+from aiida_mad.structures import checks
 from aiida_mad.structures.surfaces import distinct_miller_indices, make_slab
 
 A_CU = 3.6
@@ -122,7 +123,6 @@ def test_salt_slab_keeps_stoichiometry(salt):
 
 
 def test_slab_passes_plausibility_checks(salt):
-    checks = pytest.importorskip('aiida_mad.structures.checks')
     slab = make_slab(salt, np.random.default_rng(5), max_index=2)
     assert checks.check_structure(slab) == []
 
