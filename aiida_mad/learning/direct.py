@@ -19,7 +19,7 @@ threshold small for the data shatters it into one subcluster per structure (10^5
 while a large one leaves fewer than ``k`` subclusters. With ``threshold=None`` the threshold is searched: starting
 from the root-mean-square radius of the whole pool, it is halved while the tree has fewer than ``k`` subclusters and
 bisected (geometrically) between the last too-coarse and too-fine values; a tree that passes ``max_subclusters``
-(default ``max(3 k, 1000)``) is abandoned at once, so a too-fine try costs little. When ``S`` exceeds
+(default ``max(5 k, 2000)``) is abandoned at once, so a too-fine try costs little. When ``S`` exceeds
 :data:`DENSE_WARD_LIMIT`, Ward's step is restricted to a 10-nearest-neighbour graph of the subclusters, whose memory
 is linear in ``S``. A given ``threshold`` is used as is (``S`` may then be below ``k``: fewer clusters come out).
 
@@ -104,7 +104,9 @@ def standardize(features) -> np.ndarray:
     """Return features scaled to zero mean and unit (population) variance per column; constant columns become 0."""
     features = _check_features(features)
     std = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    scaled = features - features.mean(axis=0)
+    scaled /= np.where(std > 0, std, 1.0)
+    return scaled
 
 
 def principal_components(standardized, *, weighted: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
@@ -115,9 +117,13 @@ def principal_components(standardized, *, weighted: bool = True) -> tuple[np.nda
     :param standardized: ``(n, d)`` standardized features, ``n >= 2``.
     :param weighted: multiply each kept projection by its explained-variance ratio (DIRECT's reference).
     """
-    data = np.asarray(standardized, dtype=float)
-    n = len(data)
-    centred = data - data.mean(axis=0)
+    return _principal_components(np.array(standardized, dtype=float), weighted)
+
+
+def _principal_components(centred: np.ndarray, weighted: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Do :func:`principal_components`, centring ``centred`` in place."""
+    n = len(centred)
+    centred -= centred.mean(axis=0)
     covariance = centred.T @ centred / (n - 1)
     eigenvalues, vectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
@@ -233,7 +239,7 @@ def direct_sample(
     :param threshold: BIRCH threshold in the (weighted) principal-component space; searched if ``None``.
     :param weighted: weight the kept components by their explained-variance ratio.
     :param branching_factor: BIRCH's branching factor.
-    :param max_subclusters: the threshold search's upper bound on the subcluster count (default ``max(3 k, 1000)``).
+    :param max_subclusters: the threshold search's upper bound on the subcluster count (default ``max(5 k, 2000)``).
     :raises ValueError: for ``k`` or ``m`` not positive integers, ``k > n``, non-finite features (naming the row), a
         threshold that is not finite and > 0, or fewer than ``k`` distinct feature vectors.
     """
@@ -253,7 +259,7 @@ def direct_sample(
         or threshold <= 0
     ):
         raise ValueError(f'threshold must be finite and > 0, got {threshold!r}')
-    limit = max(3 * n_clusters, 1000) if max_subclusters is None else _positive_int('max_subclusters', max_subclusters)
+    limit = max(5 * n_clusters, 2000) if max_subclusters is None else _positive_int('max_subclusters', max_subclusters)
     if limit < n_clusters:
         raise ValueError(f'max_subclusters = {limit} is smaller than n_clusters (k) = {n_clusters}')
 
@@ -261,7 +267,7 @@ def direct_sample(
         zero = np.zeros(1, dtype=np.int64)
         return DirectResult(zero, zero, zero, np.ones(1, dtype=np.int64), np.zeros(0), 0.0, 0.0, 1)
 
-    points, eigenvalues, explained = principal_components(standardize(features), weighted=weighted)
+    points, eigenvalues, explained = _principal_components(standardize(features), weighted)
     points = np.ascontiguousarray(points)
     if n_clusters > 1:
         distinct = len(np.unique(points, axis=0))
