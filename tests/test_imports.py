@@ -7,9 +7,8 @@ The import graph is read from the source with ``ast`` (nothing is imported), ove
 * **all** imports, those inside functions included, must form one too: an import moved into a function to break a
   cycle still makes one, it only hides it until run time;
 * the **pure** modules (:data:`PURE`) import neither ``aiida`` nor an AiiDA plugin, and of aiida-mad only pure modules,
-  at any level.
-
-See ``docs/architecture.md`` for the layers.
+  at any level;
+* every module imports only from its own layer or below (:data:`LAYERS`, described in ``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -32,9 +31,34 @@ PURE = (
     'aiida_mad.dos',
     'aiida_mad.fingerprint',
     'aiida_mad.learning',
+    'aiida_mad.parallelization',
     'aiida_mad.structures',
     'aiida_mad.units',
 )
+
+#: The layer of each top-level module or package of aiida-mad: a module imports only from its layer or below.
+LAYERS = {
+    'aiida_mad': 0,
+    'constants': 0,
+    'dataset': 0,
+    'dos': 0,
+    'fingerprint': 0,
+    'learning': 0,
+    'parallelization': 0,
+    'structures': 0,
+    'units': 0,
+    'calculations': 1,
+    'codes': 1,
+    'data': 1,
+    'parsers': 1,
+    'pseudos': 1,
+    'storage': 1,
+    'controllers': 2,
+    'workflows': 2,
+    'export': 3,
+    'query': 3,
+    'cli': 4,
+}
 
 #: Top-level packages that are AiiDA or its plugins.
 AIIDA_PACKAGES = ('aiida', 'aiida_quantumespresso', 'aiida_pseudo', 'aiida_submission_controller', 'plumpy')
@@ -221,6 +245,22 @@ def test_pure_modules_import_no_aiida(name):
         elif top == 'aiida_mad' and target in MODULES and not is_pure(target):
             problems.append(f'line {line}: imports {target}, which is not pure')
     assert not problems, f'{name} must not import AiiDA:\n' + '\n'.join(problems)
+
+
+def layer(name: str) -> int:
+    top = name.split('.')[1] if '.' in name else 'aiida_mad'
+    assert top in LAYERS, f'{name}: give `aiida_mad.{top}` a layer in LAYERS here and in docs/architecture.md'
+    return LAYERS[top]
+
+
+def test_imports_go_down_the_layers():
+    upward = [
+        f'{name} (layer {layer(name)}) imports {target} (layer {layer(target)}) at line {line}'
+        for name in MODULES
+        for target, line, _ in IMPORTS[name]
+        if target in MODULES and layer(target) > layer(name)
+    ]
+    assert not upward, 'imports from a higher layer:\n' + '\n'.join(upward)
 
 
 def test_the_cycle_finder_finds_cycles():
