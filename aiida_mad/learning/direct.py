@@ -68,9 +68,9 @@ class DirectResult:
     explained_variance: float
     """Fraction of the standardized variance that the kept components explain."""
     threshold: float
-    """The BIRCH threshold used."""
+    """The BIRCH threshold used (NaN for ``k = 1``, where nothing is clustered)."""
     n_subclusters: int
-    """Number of BIRCH subclusters."""
+    """Number of BIRCH subclusters (0 for ``k = 1``)."""
 
 
 def mean_features(features, offsets) -> np.ndarray:
@@ -265,7 +265,7 @@ def direct_sample(
 
     if n == 1:
         zero = np.zeros(1, dtype=np.int64)
-        return DirectResult(zero, zero, zero, np.ones(1, dtype=np.int64), np.zeros(0), 0.0, 0.0, 1)
+        return DirectResult(zero, zero, zero, np.ones(1, dtype=np.int64), np.zeros(0), 0.0, math.nan, 0)
 
     points, eigenvalues, explained = _principal_components(standardize(features), weighted)
     points = np.ascontiguousarray(points)
@@ -276,12 +276,17 @@ def direct_sample(
                 f'cannot form {n_clusters} clusters: the features have only {distinct} distinct principal-component '
                 'vectors'
             )
-    order = np.random.default_rng(seed).permutation(n)
-    if threshold is None:
-        tree, threshold = _search_tree(points[order], n_clusters, branching_factor, limit)
+    if n_clusters == 1:
+        # One cluster: nothing to cluster, no tree (threshold NaN, no subclusters).
+        labels, threshold, subclusters = np.zeros(n, dtype=np.int64), math.nan, 0
     else:
-        tree, _ = _build_tree(points[order], float(threshold), branching_factor, math.inf)
-    labels = _global_step(tree, points, n_clusters).astype(np.int64)
+        order = np.random.default_rng(seed).permutation(n)
+        if threshold is None:
+            tree, threshold = _search_tree(points[order], n_clusters, branching_factor, limit)
+        else:
+            tree, _ = _build_tree(points[order], float(threshold), branching_factor, math.inf)
+        labels = _global_step(tree, points, n_clusters).astype(np.int64)
+        subclusters = len(tree.subcluster_centers_)
     indices, sizes = _closest_per_cluster(points, labels, n_clusters, per_cluster)
     return DirectResult(
         indices=indices,
@@ -291,5 +296,5 @@ def direct_sample(
         eigenvalues=eigenvalues,
         explained_variance=explained,
         threshold=float(threshold),
-        n_subclusters=len(tree.subcluster_centers_),
+        n_subclusters=subclusters,
     )

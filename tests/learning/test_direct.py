@@ -149,9 +149,14 @@ def test_a_coarse_threshold_gives_fewer_clusters():
     assert len(result.indices) == result.n_subclusters
 
 
-def test_single_structure_and_k_equals_n():
+def test_single_structure_one_cluster_and_k_equals_n():
     result = direct_sample([[1.0, 2.0]], n_clusters=1)
     assert result.indices.tolist() == [0]
+    assert direct_sample(np.ones((5, 3)), n_clusters=1, per_cluster=2).indices.tolist() == [0, 1]
+    features, _ = _blobs(n_blobs=2, per_blob=20, seed=11)
+    result = direct_sample(features, n_clusters=1, per_cluster=4)
+    assert result.cluster_sizes.tolist() == [40]
+    np.testing.assert_array_equal(result.indices, _brute_force(features, np.zeros(40, dtype=int), 4))
     features = np.arange(20.0).reshape(10, 2) ** 1.5
     result = direct_sample(features, n_clusters=10, per_cluster=3)
     assert result.indices.tolist() == list(range(10))
