@@ -1,17 +1,37 @@
 """Throttled DFT labelling of a structure group: ``DftSubmissionController``.
 
 A structure is labelled once per level of theory: the unique key of a run is the structure's uuid plus the
-fingerprint of the protocol (``mad_source_uuid``, ``mad_fingerprint`` extras on the work chain). Re-running the
-controller never duplicates a calculation, and ``max_concurrent`` caps the work chains that are active at once.
+fingerprint of the protocol (``mad_source_uuid``, ``mad_fingerprint`` extras on the work chain). The key holds across
+the whole profile, not only within one process group: a structure counts as labelled when *any* ``MadDftWorkChain``
+of the profile carries its key (one query over the process nodes by their extras), whatever group it is in.
+``max_concurrent`` caps the work chains of the process group that are active at once.
+
+**Concurrent controllers.** Finding the pending structures and submitting them is one critical section, guarded by
+an exclusive file lock (``fcntl.flock``) in the AiiDA configuration folder, one per profile (structures can be in
+several parent groups, so the lock is not per group); the pending structures are queried again inside the lock. Two
+``aiida-mad dft submit`` on one machine therefore never both submit a structure. The lock does not reach other
+machines: with a PostgreSQL profile shared by several machines, run the controller of a group on one machine only.
+
+**Atomic submission.** A work chain is stored, given its extras (key and ``mad_submission = 'stored'``) and added
+to its process group in one database transaction: an interruption before the commit leaves nothing (no node, no
+group membership). Only then is it sent to the daemon, after which ``mad_submission`` becomes ``'sent'``. A work
+chain still in the state ``created`` with ``mad_submission = 'stored'`` was never sent (the submitting process died
+between the commit and the message): it would never run. The next controller cycle marks such an *orphaned
+submission* killed (``mad_submission = 'orphaned'``, kept, with a process status saying why) and submits the
+structure again; orphans count neither as labelled nor in :meth:`DftSubmissionController.status`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import fcntl
+import pathlib
+from collections.abc import Iterator
 from typing import Any
 
-from aiida import engine, orm
+from aiida import orm
 from aiida_submission_controller import FromGroupSubmissionController
 from pydantic import PrivateAttr
 
@@ -20,6 +40,52 @@ UNIQUE_EXTRA_KEYS = ('mad_source_uuid', 'mad_fingerprint')
 
 #: States reported per subset by :meth:`DftSubmissionController.status`.
 STATES = ('pending', 'running', 'finished', 'outlier', 'failed')
+
+#: Extra of a submitted work chain: ``stored`` (committed, not yet sent to the daemon), ``sent``, or ``orphaned``.
+SUBMISSION_EXTRA = 'mad_submission'
+
+#: How long a submission waits for the SQLite write lock held by another process (ms; SQLite's default: 5 s).
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+
+#: Process type of the work chains the controller submits.
+DFT_PROCESS_TYPE = 'aiida.workflows:mad.dft'
+
+
+def submission_lock_path() -> pathlib.Path:
+    """Return the lock file of the DFT submissions of the loaded profile (in the AiiDA configuration folder)."""
+    from aiida.manage import get_manager
+    from aiida.manage.configuration import get_config
+
+    profile = get_manager().get_profile()
+    return pathlib.Path(get_config().dirpath) / 'mad' / f'dft-submit-{profile.uuid}.lock'
+
+
+def _begin_immediate(storage) -> None:
+    """Open the session's transaction; on SQLite take the write lock at once (``BEGIN IMMEDIATE``).
+
+    A deferred SQLite transaction that reads first and writes later can fail at once with "database is locked"
+    when another process commits meanwhile (SQLite does not wait where waiting could deadlock); an immediate one
+    waits for the lock (up to :data:`SQLITE_BUSY_TIMEOUT_MS`) before anything is read.
+    """
+    session = storage.get_session()
+    session.commit()
+    connection = session.connection()
+    if connection.dialect.name == 'sqlite':
+        connection.exec_driver_sql(f'PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}')
+        connection.exec_driver_sql('BEGIN IMMEDIATE')
+
+
+@contextlib.contextmanager
+def submission_lock() -> Iterator[pathlib.Path]:
+    """Hold the profile's exclusive submission lock (blocking) for the duration of the block."""
+    path = submission_lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclasses.dataclass
@@ -80,10 +146,76 @@ class DftSubmissionController(FromGroupSubmissionController):
             self.code, structure, self.protocol, self.overrides, options=self.options
         )
 
+    def labelled(self, uuids: list[str] | None = None) -> dict[str, list[tuple]]:
+        """Return ``{structure uuid: [(pk, process state, exit status, outlier), ...]}`` at this fingerprint.
+
+        One query over every ``MadDftWorkChain`` of the profile by its extras, in any process group (or none);
+        orphaned submissions, and work chains stored but not yet sent to the daemon, are left out. ``uuids``
+        restricts the result to those structures.
+        """
+        filters: dict[str, Any] = {'process_type': DFT_PROCESS_TYPE, 'extras.mad_fingerprint': self.fingerprint}
+        query = orm.QueryBuilder().append(
+            orm.WorkflowNode,
+            filters=filters,
+            project=[
+                'extras.mad_source_uuid',
+                'id',
+                'attributes.process_state',
+                'attributes.exit_status',
+                'extras.mad_outlier',
+                f'extras.{SUBMISSION_EXTRA}',
+            ],
+        )
+        wanted = set(uuids) if uuids is not None else None
+        result: dict[str, list[tuple]] = collections.defaultdict(list)
+        for uuid, pk, state, exit_status, outlier, submission in query.iterall():
+            if uuid is None or submission == 'orphaned' or (wanted is not None and uuid not in wanted):
+                continue
+            if submission == 'stored' and state == 'created':  # never sent to the daemon (yet): not a run
+                continue
+            result[uuid].append((pk, state, exit_status, outlier))
+        return dict(result)
+
+    def _check_submitted_extras(self) -> set[tuple[str, str]]:
+        """Return the keys of every structure labelled at this fingerprint anywhere in the profile."""
+        return {(uuid, self.fingerprint) for uuid in self.labelled()}
+
     def pending_uuids(self) -> list[str]:
         """Return the uuids of the structures without a work chain of this fingerprint, in a stable order."""
-        submitted = {uuid for uuid, fingerprint in self._check_submitted_extras() if fingerprint == self.fingerprint}
-        return sorted(set(self.structure_query(['uuid']).all(flat=True)) - submitted)
+        return sorted(set(self.structure_query(['uuid']).all(flat=True)) - set(self.labelled()))
+
+    def orphaned_submissions(self) -> list[orm.WorkflowNode]:
+        """Return the work chains of this fingerprint that were stored but never sent to the daemon.
+
+        Those are in the state ``created`` with ``mad_submission = 'stored'``: the submitting process died between
+        the commit and the message to the daemon, so they would never run.
+        """
+        query = orm.QueryBuilder().append(
+            orm.WorkflowNode,
+            filters={
+                'process_type': DFT_PROCESS_TYPE,
+                'extras.mad_fingerprint': self.fingerprint,
+                f'extras.{SUBMISSION_EXTRA}': 'stored',
+                'attributes.process_state': 'created',
+            },
+        )
+        return query.all(flat=True)
+
+    def retire_orphans(self) -> list[orm.WorkflowNode]:
+        """Mark every orphaned submission killed (kept, ``mad_submission = 'orphaned'``); return them.
+
+        Their structures become pending again. Should the daemon still receive one of them later, it finds the work
+        chain terminated and does not run it.
+        """
+        from aiida.engine import ProcessState
+
+        orphans = self.orphaned_submissions()
+        for node in orphans:
+            node.set_process_state(ProcessState.KILLED)
+            node.set_process_status('orphaned submission: stored but never sent to the daemon; submitted again')
+            node.base.extras.set(SUBMISSION_EXTRA, 'orphaned')
+            node.seal()
+        return orphans
 
     def validate_pending(self) -> None:
         """Raise one ``ValueError`` naming every problem of the pending structures, before anything is submitted.
@@ -130,61 +262,88 @@ class DftSubmissionController(FromGroupSubmissionController):
     def submit_new_batch(self, dry_run=False, sort=True, verbose=False, sleep=0):
         """Submit up to the free slots; unlike the base class, let errors propagate instead of logging them away.
 
-        Every submission is complete (extras set, node in the group) before the next one starts, so an error
-        leaves no half-submitted work behind. Returns ``{(uuid, fingerprint): node}`` of what was submitted.
+        The pending structures are found and submitted under the profile's submission lock (see the module
+        documentation); orphaned submissions are retired first. Each work chain is stored, keyed and put in the
+        process group in one transaction, then sent to the daemon. Returns ``{(uuid, fingerprint): node}``.
         """
-        pending = self.pending_uuids()
-        slots = self.num_available_slots
-        batch = [(uuid, self.fingerprint) for uuid in pending[:slots]]
         if dry_run:
+            batch = [(uuid, self.fingerprint) for uuid in self.pending_uuids()[: self.num_available_slots]]
             return dict.fromkeys(batch)
-        submitted = {}
         group = self.group
-        for extras in batch:
-            node = engine.submit(self.get_inputs_and_processclass_from_extras(extras))
-            node.base.extras.set_many(dict(zip(UNIQUE_EXTRA_KEYS, extras, strict=True)))
-            group.add_nodes([node])
-            submitted[extras] = node
+        submitted = {}
+        with submission_lock():
+            self.retire_orphans()
+            pending = self.pending_uuids()
+            batch = [(uuid, self.fingerprint) for uuid in pending[: self.num_available_slots]]
+            for extras in batch:
+                submitted[extras] = self.submit_one(extras, group)
         return submitted
+
+    def submit_one(self, extras: tuple[str, str], group: orm.Group) -> orm.WorkflowNode:
+        """Submit the work chain of one ``(structure uuid, fingerprint)``: stored, keyed and grouped at once.
+
+        Call it under :func:`submission_lock` after checking that the structure is pending.
+        """
+        from aiida.common.exceptions import InvalidOperation
+        from aiida.engine.utils import instantiate_process
+        from aiida.manage import get_manager
+
+        builder = self.get_inputs_and_processclass_from_extras(extras)
+        manager = get_manager()
+        profile = manager.get_profile()
+        if profile.process_control_backend == 'core.zeromq' and not manager.get_daemon_client().is_daemon_running:
+            raise InvalidOperation('cannot submit: the daemon is not running (start it with `verdi daemon start`)')
+        runner = manager.get_runner()
+        if runner.controller is None:
+            raise InvalidOperation(f'cannot submit: profile `{profile.name}` has no broker')
+        storage = manager.get_profile_storage()
+        process = None
+        try:
+            _begin_immediate(storage)
+            with storage.transaction():
+                process = instantiate_process(runner, builder)
+                node = process.node
+                keys = dict(zip(UNIQUE_EXTRA_KEYS, extras, strict=True))
+                node.base.extras.set_many({**keys, SUBMISSION_EXTRA: 'stored'})
+                group.add_nodes([node])
+                runner.persister.save_checkpoint(process)
+        except BaseException:
+            storage.get_session().rollback()
+            raise
+        finally:
+            if process is not None:
+                process.close()  # also after a rollback: it unsubscribes the process from the broker
+        runner.controller.continue_process(process.pid, nowait=False, no_reply=True)
+        node.base.extras.set(SUBMISSION_EXTRA, 'sent')
+        return node
 
     def status(self) -> dict[str, SubsetStatus]:
         """Return the state of every structure of the parent group at this fingerprint, per subset.
 
-        States: pending (not submitted), running, finished, outlier (finished with max |F| above the threshold),
-        failed (with the exit statuses).
+        One state per structure, from its work chains in any process group (orphaned submissions left out): pending
+        (none), running, finished, outlier (finished with max |F| above the threshold), failed (with the exit
+        statuses). A structure with several work chains (made before the key held across groups) counts once, by
+        its best one: finished, else running, else failed.
         """
         subsets = dict(self.structure_query(['uuid', 'extras.mad_subset']).all())
-        processes = orm.QueryBuilder()
-        processes.append(orm.Group, filters={'label': self.group_label}, tag='group')
-        processes.append(
-            orm.WorkChainNode,
-            with_group='group',
-            filters={'extras.mad_fingerprint': self.fingerprint},
-            project=[
-                'extras.mad_source_uuid',
-                'attributes.process_state',
-                'attributes.exit_status',
-                'extras.mad_outlier',
-            ],
-        )
         result: dict[str, SubsetStatus] = collections.defaultdict(SubsetStatus)
-        seen = set()
-        for uuid, state, exit_status, outlier in processes.iterall():
-            if uuid not in subsets:
-                continue
-            seen.add(uuid)
-            entry = result[subsets[uuid] or 'unknown']
-            if state in ('finished', 'excepted', 'killed'):
-                if exit_status == 0:
-                    entry.counts['outlier' if outlier else 'finished'] += 1
-                else:
-                    entry.counts['failed'] += 1
-                    entry.exit_statuses[exit_status if state == 'finished' else state] += 1
-            else:
-                entry.counts['running'] += 1
+        labelled = self.labelled(list(subsets))
         for uuid, subset in subsets.items():
-            if uuid not in seen:
-                result[subset or 'unknown'].counts['pending'] += 1
+            entry = result[subset or 'unknown']
+            runs = labelled.get(uuid)
+            if not runs:
+                entry.counts['pending'] += 1
+                continue
+            finished = [run for run in runs if run[1] == 'finished' and run[2] == 0]
+            running = [run for run in runs if run[1] not in ('finished', 'excepted', 'killed')]
+            if finished:
+                entry.counts['outlier' if all(run[3] for run in finished) else 'finished'] += 1
+            elif running:
+                entry.counts['running'] += 1
+            else:
+                _, state, exit_status, _ = max(runs)
+                entry.counts['failed'] += 1
+                entry.exit_statuses[exit_status if state == 'finished' else state] += 1
         return dict(sorted(result.items()))
 
     @property
