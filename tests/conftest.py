@@ -134,7 +134,7 @@ def crash_code(aiida_localhost, pw_code, tmp_path):
     """Return a code whose 'pw.x' dies before starting: the work chain still writes and uploads the real input."""
     from tests.fixtures.fake_pw.utils import fault_code
 
-    return fault_code(aiida_localhost, 'crash', version=pw_code.base.extras.get('mad_code_version'), directory=tmp_path)
+    return fault_code(pw_code, 'crash', directory=tmp_path)
 
 
 @pytest.fixture

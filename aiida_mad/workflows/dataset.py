@@ -13,7 +13,7 @@ so that a refused selection stores nothing):
 * the baseline is the isolated-atom table of the same fingerprint (``IsolatedAtomsWorkChain``); every element of
   the dataset must be in it, unless the dataset is built without one.
 
-The frames are built by the :func:`~aiida_mad.calculations.functions.build_dataset` calcfunction, whose inputs are
+The frames are built by the :func:`~aiida_mad.calculations.dataset.build_dataset` calcfunction, whose inputs are
 the structure, energy, forces, stress (and DOS) of every frame and the baseline tables, so the dataset is linked
 by provenance to every result it holds. The split of a frame depends only on its structure's uuid and the seed.
 """
@@ -26,7 +26,21 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from aiida import orm
+from aiida.common.exceptions import MultipleObjectsError, NotExistent
 from aiida.engine import WorkChain
+
+from aiida_mad.calculations.bulk import run_bulk_linked
+from aiida_mad.calculations.dataset import BulkLinkBuildDataset
+from aiida_mad.constants import (
+    DEFAULT_FRACTIONS,
+    FRAMES_PER_SHARD,
+    QUERY_CHUNK_SIZE,
+    dataset_group_label,
+    process_type,
+)
+from aiida_mad.data.dataset import DatasetData
+from aiida_mad.dataset.splits import validate_fractions
+from aiida_mad.workflows.dft import MadDftWorkChain
 
 __all__ = (
     'DatasetSelectionError',
@@ -37,9 +51,9 @@ __all__ = (
     'select_results',
 )
 
-DFT_PROCESS_TYPE = 'aiida.workflows:mad.dft'
-ISOLATED_ATOMS_PROCESS_TYPE = 'aiida.workflows:mad.dft.isolated_atoms'
-DATASET_GROUP_PREFIX = 'mad/datasets/'
+#: Process types of the work chains whose results a dataset is made of.
+DFT_PROCESS_TYPE = process_type('mad.dft')
+ISOLATED_ATOMS_PROCESS_TYPE = process_type('mad.dft.isolated_atoms')
 
 #: Outputs of ``MadDftWorkChain`` a frame is made of (and the namespaces of ``build_dataset`` they go to).
 FRAME_OUTPUTS = {'structure': 'structures', 'energy': 'energies', 'forces': 'forces', 'stress': 'stresses'}
@@ -61,8 +75,6 @@ class DatasetSelectionError(ValueError):
 
 def default_outlier_thresholds() -> dict[str, float]:
     """Return the outlier thresholds (max |F| in eV/Å, ``default`` plus per subset) of the ``mad`` protocol."""
-    from .dft import MadDftWorkChain
-
     return dict(MadDftWorkChain.get_protocol_inputs('mad')['outlier_max_force'])
 
 
@@ -76,17 +88,8 @@ def validate_name(name: str) -> str:
     return name
 
 
-def dataset_group_label(name: str) -> str:
-    """Return the label of the group that holds the dataset ``name``: ``mad/datasets/<name>``."""
-    return f'{DATASET_GROUP_PREFIX}{name}'
-
-
 def load_dataset(identifier):
     """Return the ``mad.dataset`` node named ``identifier``, or with that pk or uuid; else raise ``ValueError``."""
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-
-    from aiida_mad.data.dataset import DatasetData
-
     if isinstance(identifier, DatasetData):
         return identifier
     query = orm.QueryBuilder()
@@ -110,8 +113,6 @@ def load_dataset(identifier):
 
 def existing_dataset_names() -> list[str]:
     """Return the names of the datasets of the profile, sorted."""
-    from aiida_mad.data.dataset import DatasetData
-
     query = orm.QueryBuilder()
     query.append(DatasetData, project='attributes.name')
     return sorted(set(query.all(flat=True)))
@@ -424,17 +425,16 @@ def find_atomic_energies(fingerprint: str) -> tuple[list[orm.Dict], dict[str, fl
 
 
 def build_inputs(selection: Selection, *, name: str, seed: int, fractions, frames_per_shard: int, dos: bool) -> dict:
-    """Return the inputs of :func:`~aiida_mad.calculations.functions.build_dataset` for a selection."""
+    """Return the inputs of :func:`~aiida_mad.calculations.dataset.build_dataset` for a selection."""
     outputs = dict(FRAME_OUTPUTS)
     if dos:
         outputs[DOS_OUTPUT[0]] = DOS_OUTPUT[1]
     pks = {pk for result in selection.used for label, pk in result.outputs.items() if label in outputs}
     nodes: dict[int, orm.Node] = {}
     pk_list = sorted(pks)
-    for first in range(0, len(pk_list), 5_000):  # SQLite caps the variables of one statement
-        query = orm.QueryBuilder().append(
-            orm.Data, filters={'id': {'in': pk_list[first : first + 5_000]}}, project=['id', '*']
-        )
+    for first in range(0, len(pk_list), QUERY_CHUNK_SIZE):
+        chunk = pk_list[first : first + QUERY_CHUNK_SIZE]
+        query = orm.QueryBuilder().append(orm.Data, filters={'id': {'in': chunk}}, project=['id', '*'])
         nodes.update(dict(query.all()))
     namespaces: dict[str, dict[str, orm.Node]] = {namespace: {} for namespace in outputs.values()}
     frames = {}
@@ -476,7 +476,7 @@ class DatasetWorkChain(WorkChain):
         spec.input(
             'fractions',
             valid_type=orm.List,
-            default=lambda: orm.List([0.8, 0.1, 0.1]),
+            default=lambda: orm.List(list(DEFAULT_FRACTIONS)),
             help='Train, validation and test fractions (per subset).',
         )
         spec.input('fingerprint', valid_type=orm.Str, required=False, help='Level of theory to take from a mix.')
@@ -489,25 +489,32 @@ class DatasetWorkChain(WorkChain):
         spec.input('baseline', valid_type=orm.Bool, default=lambda: orm.Bool(True), help='Subtract isolated atoms.')
         spec.input('include_dos', valid_type=orm.Bool, default=lambda: orm.Bool(False), help='Store the DOS.')
         spec.input(
-            'frames_per_shard', valid_type=orm.Int, default=lambda: orm.Int(10_000), help='Frames per shard file.'
+            'frames_per_shard',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(FRAMES_PER_SHARD),
+            help='Frames per shard file.',
         )
         spec.inputs.validator = cls.validate_inputs
         spec.outline(cls.build, cls.results)
         spec.output('dataset', help='The `mad.dataset` node.')
-        spec.exit_code(301, 'ERROR_UNKNOWN_GROUP', message='{message}')
-        spec.exit_code(302, 'ERROR_EMPTY_SELECTION', message='{message}')
-        spec.exit_code(303, 'ERROR_MIXED_FINGERPRINTS', message='{message}')
-        spec.exit_code(304, 'ERROR_MISSING_SUBSET', message='{message}')
-        spec.exit_code(305, 'ERROR_MISSING_BASELINE', message='{message}')
-        spec.exit_code(306, 'ERROR_MISSING_DOS', message='{message}')
-        spec.exit_code(307, 'ERROR_DATASET_EXISTS', message='{message}')
-        spec.exit_code(308, 'ERROR_INVALID_INPUT', message='{message}')
+        # Every failure of this work chain comes from its inputs (the groups, the options, the name): 2xx codes, each
+        # with what is wrong; `{message}` adds the details (which group, which fingerprints, which elements).
+        spec.exit_code(201, 'ERROR_UNKNOWN_GROUP', message='A group of `groups` does not exist: {message}')
+        spec.exit_code(202, 'ERROR_EMPTY_SELECTION', message='The groups give no result that can be a frame: {message}')
+        spec.exit_code(
+            203, 'ERROR_MIXED_FINGERPRINTS', message='The results mix levels of theory; choose one: {message}'
+        )
+        spec.exit_code(204, 'ERROR_MISSING_SUBSET', message='Some results have no subset: {message}')
+        spec.exit_code(
+            205, 'ERROR_MISSING_BASELINE', message='The isolated-atom baseline lacks elements of the data: {message}'
+        )
+        spec.exit_code(206, 'ERROR_MISSING_DOS', message='`include_dos` is set but a result has no DOS: {message}')
+        spec.exit_code(207, 'ERROR_DATASET_EXISTS', message='The dataset name is taken: {message}')
+        spec.exit_code(208, 'ERROR_INVALID_INPUT', message='An option of the selection is invalid: {message}')
 
     @staticmethod
     def validate_inputs(value, _):
         """Check the name, the fractions and the seed before anything runs."""
-        from aiida_mad.dataset.splits import validate_fractions
-
         try:
             validate_name(value['name'].value)
             validate_fractions(value['fractions'].get_list())
@@ -524,8 +531,6 @@ class DatasetWorkChain(WorkChain):
 
         One step, so that the selection (plain Python objects) never has to go into a checkpoint.
         """
-        from aiida_mad.calculations.functions import BulkLinkBuildDataset, run_bulk_linked
-
         name = self.inputs.name.value
         if name in existing_dataset_names():
             return self.exit_codes.ERROR_DATASET_EXISTS.format(message=f'a dataset named {name} exists already')

@@ -159,7 +159,11 @@ def test_no_baseline_at_that_fingerprint_refused(labelled):
     (frame,) = node.outputs.dataset.frames()
     assert 'energy_baseline_subtracted' not in frame.info
     assert node.outputs.dataset.atomic_energies == {}
-    assert OTHER_LEVEL  # the other level differs only by its k-point distance
+    # The other level differs from the `fast` one by its k-point distance only, and that alone changes the fingerprint.
+    other_theory = orm.load_node(labelled.other_level).outputs.properties['level_of_theory']
+    fast_theory = orm.load_node(labelled.used['mc3d'][0]).outputs.properties['level_of_theory']
+    assert {key for key in fast_theory if other_theory[key] != fast_theory[key]} == {'kpoints_distance'}
+    assert other_theory['kpoints_distance'] == OTHER_LEVEL['kpoints_distance'] != fast_theory['kpoints_distance']
 
 
 def test_structure_groups_select_the_runs_of_their_structures(labelled):
@@ -181,8 +185,13 @@ def test_adding_data_keeps_the_splits_of_old_frames(dataset, labelled):
 @pytest.mark.parametrize(
     ('groups', 'inputs', 'exit_code', 'message'),
     [
-        (['no/such/group'], {}, 'ERROR_UNKNOWN_GROUP', 'unknown group'),
-        ([SEED_GROUP + '-empty'], {}, 'ERROR_EMPTY_SELECTION', 'hold no MadDftWorkChain'),
+        (['no/such/group'], {}, 'ERROR_UNKNOWN_GROUP', 'A group of `groups` does not exist: unknown group(s): no/such'),
+        (
+            [SEED_GROUP + '-empty'],
+            {},
+            'ERROR_EMPTY_SELECTION',
+            'The groups give no result that can be a frame: the groups test-dataset/structures/mc3d-empty hold no',
+        ),
     ],
 )
 def test_bad_selection_exit_codes(labelled, groups, inputs, exit_code, message):
@@ -190,6 +199,14 @@ def test_bad_selection_exit_codes(labelled, groups, inputs, exit_code, message):
     node = build('bad', groups, **inputs)
     assert node.exit_status == DatasetWorkChain.exit_codes[exit_code].status
     assert message in node.exit_message
+
+
+def test_input_errors_are_2xx_and_say_what_is_wrong():
+    # Everything that stops this work chain comes from its inputs: aiida-core's range for input errors is 200-299.
+    mine = {label: code for label, code in DatasetWorkChain.spec().exit_codes.items() if code.status >= 200}
+    assert sorted(code.status for code in mine.values()) == list(range(201, 209))
+    for label, code in mine.items():
+        assert code.message.endswith(': {message}') and len(code.message) > len(': {message}') + 10, label
 
 
 def test_existing_name_refused(dataset):

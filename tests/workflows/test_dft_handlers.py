@@ -2,10 +2,10 @@
 
 The codes run ``tests/fixtures/fake_pw/pw_fault.sh``, which sets ``electron_maxstep = 1`` in the input before it execs
 the real pw.x: pw.x itself fails to converge, prints its own error and the parser and handlers see a genuine failure.
-The wrapper is what mpirun launches, once per rank (2 here), in the same directory at the same time; it edits the
-input under ``flock`` and only once per calculation, so no rank starts pw.x before the edit is complete whichever rank
-reads the input. (Running pw.x without MPI would avoid the race but not test the production launch line with
-``-nk 2``.) The input AiiDA wrote stays untouched in the node's repository; the edited copy is in the remote folder.
+The wrapper is what mpirun launches, once per rank (one per core), in the same directory at the same time; it edits
+the input under ``flock`` and only once per calculation, so no rank starts pw.x before the edit is complete whichever
+rank reads the input. (Running pw.x without MPI would avoid the race but not test the production launch line with its
+pools.) The input AiiDA wrote stays untouched in the node's repository; the edited copy is in the remote folder.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ SCF_NOT_CONVERGED = PwCalculation.exit_codes.ERROR_ELECTRONIC_CONVERGENCE_NOT_RE
 
 
 @pytest.fixture
-def make_fault_code(aiida_localhost, pw_code, tmp_path):
-    """Return ``make(fault)``: a code running the real pw.x through the wrapper with ``fault`` injected."""
-    version = pw_code.base.extras.get('mad_code_version')
-    return lambda fault: fault_code(aiida_localhost, fault, version=version, directory=tmp_path)
+def make_fault_code(pw_code, tmp_path):
+    """Return ``make(fault)``: a code running the tests' real pw.x through the wrapper with ``fault`` injected."""
+    return lambda fault: fault_code(pw_code, fault, directory=tmp_path)
 
 
 def pw_calculations(node) -> list:
@@ -143,14 +142,17 @@ class ChangesCutoffWorkChain(MadPwBaseWorkChain):
 
 
 def pw_base_inputs(code, structure, family, parameters) -> dict:
-    """Return PwBaseWorkChain-style inputs at the `fast` level of theory."""
+    """Return PwBaseWorkChain-style inputs at the `fast` level of theory, one MPI rank per core of the computer."""
+    ranks = code.computer.get_default_mpiprocs_per_machine() or 1
     return {
         'pw': {
             'code': code,
             'structure': structure,
             'parameters': parameters,
             'pseudos': family.get_pseudos(structure=structure),
-            'metadata': {'options': {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'withmpi': True}},
+            'metadata': {
+                'options': {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': ranks}, 'withmpi': True}
+            },
         },
         'kpoints_distance': orm.Float(0.5),
         'max_iterations': orm.Int(3),

@@ -183,12 +183,12 @@ def test_occupied_bands(offline_family, atoms, bands):
     assert occupied_bands(orm.StructureData(ase=atoms), offline_family) == bands
 
 
-def test_mad_dos_writes_four_times_the_occupied_bands(aiida_localhost, pw_code, offline_family, silicon, tmp_path):
+def test_mad_dos_writes_four_times_the_occupied_bands(pw_code, offline_family, silicon, tmp_path):
     """The pw.x input of a `mad-dos` run has nbnd = 4 x 4 = 16 for Si (8 valence electrons).
 
     The code dies before pw.x starts (``crash`` wrapper): only the input the work chain writes matters here.
     """
-    code = fault_code(aiida_localhost, 'crash', version=pw_code.base.extras.get('mad_code_version'), directory=tmp_path)
+    code = fault_code(pw_code, 'crash', directory=tmp_path)
     builder = MadDftWorkChain.get_builder_from_protocol(code, silicon, 'mad-dos', OFFLINE)
     _, node = run_get_node(builder)
     calc = next(n for n in node.called_descendants if n.process_label == 'PwCalculation')
