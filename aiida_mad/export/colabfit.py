@@ -1,36 +1,63 @@
-"""The ColabFit data standard for a dataset of frames, written without ``colabfit-kit``.
+"""The ColabFit data standard for a dataset of frames, written without colabfit-tools, with ColabFit's own IDs.
 
-``colabfit-kit`` installs through the constraints file but pulls in pyspark, a VAST database client, ibis, Django
-and Jupyter; this module writes the documented structures itself, as JSON lines.
+colabfit-tools (PyPI ``colabfit-kit``) pulls in pyspark, a VAST database client, ibis, Django and Jupyter; this
+module writes the documented objects itself, as JSON lines, and computes their IDs with ColabFit's own hashing,
+reimplemented from colabfit-tools (``colabfit/tools/vast/utils/hashing.py``, ``configuration.py``,
+``property.py``, ``configuration_set.py``; commit d25d47a, April 2026). The test fixtures
+``tests/export/fixtures/colabfit/expected.json`` were made by colabfit-tools itself.
 
-Objects (ColabFit Exchange, Vita et al. 2023) and how they are identified:
+ColabFit's hash (:func:`colabfit_hash`)
+    sha512 over the values of the identifying fields, taken in sorted field-name order, field names not hashed,
+    ``None`` fields skipped. A list becomes a numpy array; a float array is cast to float64 and rounded to 16
+    decimals (``np.round``), an integer or boolean array is cast to int64, and the array's raw (little-endian)
+    bytes are hashed; a Python ``int``/``float``/``bool`` is hashed as the bytes of ``np.array(value)`` (8 bytes,
+    8 bytes, 1 byte), a string as UTF-8. An ID is the prefix and the hex digest, cut to 28 characters.
 
-Configuration (CO), ``CO_<sha256>``
-    Atomic numbers, Cartesian positions, cell and periodic boundary conditions: the hash covers exactly these,
-    with positions and cell rounded to :data:`POSITION_DECIMALS` decimals (1e-8 Å) and ``-0.0`` folded into
-    ``0.0``. Summary fields (formula, elements, number of sites, periodic dimensions) and the subsets it appears in
-    (``labels``) are stored but not hashed.
-Property instance (PI), ``PI_<sha256>``
-    One property of one calculation, with its units, hashed over the property name, the values (rounded, see
-    :data:`DECIMALS`) and the units: ``potential-energy`` (total, eV), a second ``potential-energy`` for the
-    baseline-subtracted energy (with ``reference-energy`` = the subtracted Σ E_atom), ``atomic-forces``
-    (eV/Å), ``cauchy-stress`` (eV/Å³, ASE sign, volume-normalized) and ``electronic-density-of-states``
-    (states/eV; masked grid points are ``null``).
-Property definition (PD)
-    KIM property-definition style (``property-id``, ``property-name``, ``property-title``,
-    ``property-description`` and one entry per key with ``type``, ``has-unit``, ``extent``, ``required``,
-    ``description``); identified by name, not by hash.
-Data object (DO), ``DO_<sha256>``
-    One configuration with the property instances computed for it; its ID hashes the CO ID and the sorted PI IDs,
-    so the same configuration with identical properties is one DO, however many frames carry it. The DO lists the
-    frames it stands for (``sources``: source uuid, subset, split).
-Configuration set (CS), ``CS_<sha256>``
-    One per subset; the ID hashes the sorted IDs of its configurations.
-Dataset (DS), ``DS_<sha256>``
-    Name, authors, license, links, description and aggregated counts; the ID hashes the sorted CS and DO IDs.
+Configuration (CO), ``CO_<25 hex>``: exactly ColabFit's
+    Identifying fields ``atomic_numbers``, ``cell``, ``pbc``, ``positions``, with ``pbc`` as ColabFit derives it:
+    ``True`` along every cell vector longer than 1e-10 Å. ``structure_hash`` is ColabFit's order-independent
+    structure hash (atoms sorted by x, then y, then z). Summary fields (formula, elements, number of sites) and the
+    subsets a configuration appears in (``labels``) are stored, not hashed.
+Property object (PO), ``PO_<25 hex>``: exactly ColabFit's
+    ColabFit's unit of data: all properties of one calculation on one configuration. Identifying fields
+    ``configuration_id``, ``dataset_id``, ``chemical_formula_hill``, ``energy`` (total, eV), ``atomic_forces``
+    (eV/Å), ``cauchy_stress`` (eV/Å³) and ``cauchy_stress_volume_normalized`` (periodic frames), with ``method``,
+    ``software`` and ``metadata`` left empty (``None``, so not hashed). ``multiplicity`` counts the frames that
+    carry identical data (not hashed, as in ColabFit).
+Configuration set (CS), ``CS_<subset>_<dataset id>``: ColabFit's form; one per subset.
+Dataset (DS), ``DS_<12 characters>_0``: ColabFit's form
+    ColabFit draws the 12 characters (``[a-z0-9]``) at random; here they come from a sha256 over the sorted CO and
+    data-object IDs, so exporting the same data twice gives the same IDs.
+Property instance (PI), ``PI_<25 hex>`` and property definition (PD): this module's, in KIM style
+    One property of one calculation with its units: ``potential-energy`` (total, eV), a second
+    ``potential-energy`` for the baseline-subtracted energy (with ``reference-energy`` = the subtracted Σ E_atom),
+    ``atomic-forces`` (eV/Å), ``cauchy-stress`` (eV/Å³, ASE sign, volume-normalized) and
+    ``electronic-density-of-states`` (states/eV; masked grid points are ``null``). Hashed with ColabFit's hash over
+    ``type`` and every ``<key>`` value and ``<key>_unit``. Definitions follow the KIM property-definition style and
+    are identified by name.
+Data object (DO), ``DO_<25 hex>``: this module's
+    One configuration with the property instances computed for it, and the ID of its property object; ColabFit's
+    hash over the CO ID and the sorted PI IDs, so frames whose configuration and properties are identical are one
+    DO (its ``sources`` list them: source uuid, subset, split).
 
-Duplicates: frames whose configuration and properties are identical collapse into one DO (the report counts
-them and names their source uuids); identical property values shared by different configurations are one PI.
+Differences from ColabFit, all deliberate:
+
+* ColabFit keeps no per-property instances (PI) or data objects (DO) any more: its property object holds every
+  value. They are kept here because the property object has no column for the baseline-subtracted energy (its
+  ``energy`` is the total, as ColabFit stores it after adding ``reference-energy`` back) or for the DOS; the PO
+  rows carry the values ColabFit's schema has.
+* The configuration rows store the frame's own ``pbc`` (a 0D frame keeps its DFT box with ``pbc`` all ``False``);
+  only the ID uses ColabFit's cell-derived ``pbc``, under which such a box counts as periodic.
+* Values are hashed exactly (ColabFit's rounding to 16 decimals changes nothing at the magnitudes of positions,
+  energies and forces): configurations that differ by numerical noise, or by ``-0.0`` against ``0.0``, get
+  different IDs, as in ColabFit. The atom order enters the CO ID (not ``structure_hash``), as in ColabFit.
+* ``dataset_id`` is this module's deterministic ID (see above), so a PO ID equals the one ColabFit computes only
+  for the same dataset ID; ``method``, ``software`` and ``metadata`` are not filled, and ColabFit ingestions that
+  fill them get other PO IDs. The level-of-theory fingerprint is in every DO and in the dataset instead.
+* ColabFit's ``last_modified`` time stamps are not written (they are not part of any ID).
+
+Duplicates: frames whose configuration and properties are identical collapse into one DO and one PO (the report
+counts them and names their source uuids); identical property values shared by different configurations are one PI.
 """
 
 from __future__ import annotations
@@ -55,21 +82,40 @@ __all__ = [
     'ColabfitDataset',
     'ColabfitError',
     'build_colabfit',
+    'colabfit_hash',
+    'configuration_id',
     'property_definitions',
+    'property_object',
     'read_colabfit',
+    'structure_hash',
     'write_colabfit',
 ]
 
-#: Decimals kept when hashing positions and cell (Å).
-POSITION_DECIMALS = 8
+#: Length of ColabFit's hash IDs: the prefix (``CO_``, ``PO_``, ...) and the start of the sha512 hex digest.
+ID_LENGTH = 28
 
-#: Decimals kept when hashing each property's values (in the units stored).
-DECIMALS = {
-    'potential-energy': 8,  # eV
-    'atomic-forces': 8,  # eV/Å
-    'cauchy-stress': 10,  # eV/Å³
-    'electronic-density-of-states': 8,  # states/eV
-}
+#: ColabFit counts a cell vector longer than this (Å) as periodic when it derives ``pbc`` from the cell.
+PBC_LENGTH = 1e-10
+
+#: Identifying fields of ColabFit's property object: its schema's fields less those it ignores in the hash.
+PROPERTY_OBJECT_FIELDS = (
+    'adsorption_energy',
+    'atomic_forces',
+    'atomization_energy',
+    'cauchy_stress',
+    'cauchy_stress_volume_normalized',
+    'chemical_formula_hill',
+    'configuration_id',
+    'dataset_id',
+    'electronic_band_gap',
+    'electronic_band_gap_type',
+    'energy',
+    'energy_above_hull',
+    'formation_energy',
+    'metadata',
+    'method',
+    'software',
+)
 
 #: Units of the stored values.
 UNITS = {'energy': 'eV', 'forces': 'eV/angstrom', 'stress': 'eV/angstrom^3', 'dos': 'states/eV'}
@@ -77,6 +123,7 @@ UNITS = {'energy': 'eV', 'forces': 'eV/angstrom', 'stress': 'eV/angstrom^3', 'do
 FILES = {
     'configurations': 'configurations.jsonl',
     'property_instances': 'property_instances.jsonl',
+    'property_objects': 'property_objects.jsonl',
     'property_definitions': 'property_definitions.json',
     'configuration_sets': 'configuration_sets.jsonl',
     'data_objects': 'data_objects.jsonl',
@@ -160,6 +207,7 @@ class ColabfitDataset:
     dataset: dict
     configurations: dict[str, dict]
     property_instances: dict[str, dict]
+    property_objects: dict[str, dict]
     property_definitions: list[dict]
     configuration_sets: dict[str, dict]
     data_objects: dict[str, dict]
@@ -175,36 +223,112 @@ class ColabfitDataset:
         return self.dataset['report']
 
 
-def _sha(*parts: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, 'little'))
-        digest.update(part)
+def _hash_bytes(value) -> bytes:
+    """Return the bytes ColabFit hashes for one field value (``_format_for_hash`` of colabfit-tools)."""
+    if isinstance(value, list | tuple):
+        value = np.array(value)
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.floating):
+            value = np.round(value.astype(np.float64), decimals=16)
+            if np.isnan(value).any():  # not in ColabFit (its fields hold no NaN): one NaN, whatever its bits
+                value = np.where(np.isnan(value), np.nan, value)
+        elif np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.bool_):
+            value = value.astype(np.int64)
+        return np.ascontiguousarray(value).tobytes()
+    if isinstance(value, str):
+        return value.encode('utf-8')
+    if isinstance(value, dict):
+        return str(value).encode('utf-8')
+    if isinstance(value, bool | int | float | np.number):
+        return np.array(value).tobytes()
+    raise TypeError(f'ColabFit hashes no {type(value).__name__}')
+
+
+def colabfit_hash(row: dict, keys) -> str:
+    """Return ColabFit's sha512 hex digest of ``row``: the values of ``keys`` in sorted order, ``None`` skipped."""
+    digest = hashlib.sha512()
+    for key in sorted(keys):
+        value = row.get(key)
+        if value is None:
+            continue
+        digest.update(_hash_bytes(value))
     return digest.hexdigest()
 
 
-def _rounded(values, decimals: int) -> bytes:
-    array = np.round(np.asarray(values, dtype='<f8'), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
-    if np.isnan(array).any():
-        array = np.where(np.isnan(array), np.nan, array)
-    return np.ascontiguousarray(array, dtype='<f8').tobytes()
+def _colabfit_id(prefix: str, digest: str) -> str:
+    return f'{prefix}_{digest}'[:ID_LENGTH]
+
+
+def colabfit_pbc(cell) -> list[bool]:
+    """Return the periodic boundary conditions ColabFit derives from a cell: a vector longer than 1e-10 Å."""
+    return (np.linalg.norm(np.asarray(cell, dtype=float), axis=1) > PBC_LENGTH).tolist()
+
+
+def configuration_id(numbers, positions, cell) -> str:
+    """Return ColabFit's configuration ID (``CO_`` and 25 hex digits) of a structure."""
+    row = {
+        'atomic_numbers': np.asarray(numbers).astype(int).tolist(),
+        'cell': np.asarray(cell, dtype=float).tolist(),
+        'pbc': colabfit_pbc(cell),
+        'positions': np.asarray(positions, dtype=float).tolist(),
+    }
+    return _colabfit_id('CO', colabfit_hash(row, row))
+
+
+def structure_hash(numbers, positions, cell) -> str:
+    """Return ColabFit's ``structure_hash``: like the configuration ID, with the atoms sorted by x, then y, then z."""
+    positions = np.asarray(positions, dtype=float)
+    order = np.lexsort((positions[:, 2], positions[:, 1], positions[:, 0]))
+    digest = hashlib.sha512()
+    digest.update(_hash_bytes(np.asarray(numbers)[order].astype(int)))
+    digest.update(_hash_bytes(np.asarray(cell, dtype=float).tolist()))
+    digest.update(_hash_bytes(colabfit_pbc(cell)))
+    digest.update(_hash_bytes(positions[order]))
+    return digest.hexdigest()
+
+
+def property_object(
+    configuration: str, dataset: str, formula: str, energy: float, forces, stress=None, multiplicity: int = 1
+) -> dict:
+    """Return ColabFit's property object of one calculation, with its ID (``PO_`` and 25 hex digits).
+
+    :param configuration: the configuration ID.
+    :param dataset: the dataset ID.
+    :param formula: the Hill formula (``ase.Atoms.get_chemical_formula()``).
+    :param energy: total energy, eV.
+    :param forces: ``(N, 3)`` forces, eV/Å.
+    :param stress: ``(3, 3)`` stress, eV/Å³ (``None`` for non-periodic frames).
+    :param multiplicity: how many frames carry these data (not hashed).
+    """
+    row = {
+        'configuration_id': configuration,
+        'dataset_id': dataset,
+        'chemical_formula_hill': formula,
+        'energy': float(energy),
+        'energy_unit': UNITS['energy'],
+        'energy_per_atom': False,
+        'atomic_forces': np.asarray(forces, dtype=float).tolist(),
+        'atomic_forces_unit': UNITS['forces'],
+        'cauchy_stress': None if stress is None else np.asarray(stress, dtype=float).tolist(),
+        'cauchy_stress_unit': None if stress is None else UNITS['stress'],
+        'cauchy_stress_volume_normalized': None if stress is None else True,
+        'method': None,
+        'software': None,
+        'metadata': None,
+        'multiplicity': multiplicity,
+    }
+    return {'id': _colabfit_id('PO', colabfit_hash(row, PROPERTY_OBJECT_FIELDS)), **row}
 
 
 def _configuration(frame: Atoms) -> dict:
     numbers = frame.numbers
     cell = frame.cell.array
     pbc = [bool(value) for value in frame.pbc]
-    identifier = 'CO_' + _sha(
-        b'configuration',
-        np.ascontiguousarray(numbers, dtype='<i8').tobytes(),
-        _rounded(frame.positions, POSITION_DECIMALS),
-        _rounded(cell, POSITION_DECIMALS),
-        bytes(pbc),
-    )
     counts = Counter(numbers.tolist())
     elements = sorted(counts, key=lambda number: chemical_symbols[number])
     return {
-        'id': identifier,
+        'id': configuration_id(numbers, frame.positions, cell),
+        'structure_hash': structure_hash(numbers, frame.positions, cell),
         'atomic_numbers': numbers.tolist(),
         'positions': frame.positions.tolist(),
         'cell': cell.tolist(),
@@ -219,19 +343,18 @@ def _configuration(frame: Atoms) -> dict:
     }
 
 
-def _property(name: str, fields: dict, hashed: list[tuple[str, object]]) -> dict:
-    """Return a property instance; ``hashed`` lists ``(key, value)`` pairs that identify it with their units."""
-    parts = [b'property-instance', name.encode()]
-    for key, value in hashed:
-        parts.append(key.encode())
-        if isinstance(value, str | bool):
-            parts.append(repr(value).encode())
-        else:
-            parts.append(_rounded(value, DECIMALS[name]))
-    for key in sorted(fields):
-        unit = fields[key].get('source-unit')
-        parts.append(f'{key}:{unit}'.encode())
-    return {'id': 'PI_' + _sha(*parts), 'property-id': f'{_PROPERTY_TAG}/{name}', 'type': name, **fields}
+def _property(name: str, fields: dict) -> dict:
+    """Return a property instance; its ID is ColabFit's hash of its type and every field's value and unit."""
+    row: dict = {'type': name}
+    for key, field in fields.items():
+        row[key] = np.asarray(field['source-value'], dtype=float) if key == 'dos' else field['source-value']
+        row[f'{key}_unit'] = field.get('source-unit')
+    return {
+        'id': _colabfit_id('PI', colabfit_hash(row, row)),
+        'property-id': f'{_PROPERTY_TAG}/{name}',
+        'type': name,
+        **fields,
+    }
 
 
 def _value(value, unit: str | None = None) -> dict:
@@ -255,7 +378,6 @@ def _properties(frame: Atoms, dos_grid: dict) -> list[dict]:
         _property(
             'potential-energy',
             {'energy': _value(energy, UNITS['energy']), 'per-atom': _value(False)},
-            [('energy', energy), ('per-atom', False)],
         )
     ]
     if 'energy_baseline_subtracted' in info:
@@ -269,20 +391,16 @@ def _properties(frame: Atoms, dos_grid: dict) -> list[dict]:
                     'per-atom': _value(False),
                     'reference-energy': _value(reference, UNITS['energy']),
                 },
-                [('energy', subtracted), ('per-atom', False), ('reference-energy', reference)],
             )
         )
     forces = frame.arrays['forces']
-    instances.append(
-        _property('atomic-forces', {'forces': _value(forces.tolist(), UNITS['forces'])}, [('forces', forces)])
-    )
+    instances.append(_property('atomic-forces', {'forces': _value(forces.tolist(), UNITS['forces'])}))
     if 'stress' in info:
         stress = np.asarray(info['stress'], dtype=float)
         instances.append(
             _property(
                 'cauchy-stress',
                 {'stress': _value(stress.tolist(), UNITS['stress']), 'volume-normalized': _value(True)},
-                [('stress', stress), ('volume-normalized', True)],
             )
         )
     if 'dos' in info:
@@ -292,11 +410,9 @@ def _properties(frame: Atoms, dos_grid: dict) -> list[dict]:
             'energy-start': _value(float(dos_grid['start']), 'eV'),
             'energy-spacing': _value(float(dos_grid['spacing']), 'eV'),
         }
-        hashed = [('dos', dos), ('energy-start', dos_grid['start']), ('energy-spacing', dos_grid['spacing'])]
         if dos_grid.get('sigma') is not None:
             fields['smearing-width'] = _value(float(dos_grid['sigma']), 'eV')
-            hashed.append(('smearing-width', dos_grid['sigma']))
-        instances.append(_property('electronic-density-of-states', fields, hashed))
+        instances.append(_property('electronic-density-of-states', fields))
     return instances
 
 
@@ -343,6 +459,17 @@ def validate_metadata(metadata: dict) -> dict:
     return result
 
 
+def _dataset_id(configurations: dict, data_objects: dict) -> str:
+    """Return a ColabFit-style dataset ID, ``DS_<12 of [a-z0-9]>_0``, from the sorted CO and DO IDs."""
+    digest = hashlib.sha256('\n'.join([*sorted(configurations), '', *sorted(data_objects)]).encode()).digest()
+    number = int.from_bytes(digest, 'big')
+    characters = []
+    for _ in range(12):
+        number, digit = divmod(number, 36)
+        characters.append('0123456789abcdefghijklmnopqrstuvwxyz'[digit])
+    return f'DS_{"".join(characters)}_0'
+
+
 def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
     """Build the ColabFit objects of a dataset.
 
@@ -364,6 +491,7 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
     data_objects: dict[str, dict] = {}
     subset_configurations: dict[str, set[str]] = {}
     instance_references = 0
+    first_frames: dict[str, Atoms] = {}
     for frame in frames:
         configuration = _configuration(frame)
         configuration = configurations.setdefault(configuration['id'], configuration)
@@ -377,7 +505,10 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
             instance_ids.append(instance['id'])
         instance_references += len(instance_ids)
         instance_ids = sorted(set(instance_ids))
-        identifier = 'DO_' + _sha(b'data-object', configuration['id'].encode(), *(i.encode() for i in instance_ids))
+        row = {'configuration_id': configuration['id'], 'property_instance_ids': '\n'.join(instance_ids)}
+        identifier = _colabfit_id('DO', colabfit_hash(row, row))
+        if identifier not in data_objects:
+            first_frames[identifier] = frame
         data_object = data_objects.setdefault(
             identifier,
             {
@@ -392,16 +523,35 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
             {'source_uuid': frame.info['source_uuid'], 'subset': subset, 'split': frame.info['split']}
         )
 
+    dataset_id = _dataset_id(configurations, data_objects)
     configuration_sets = {}
     for subset in sorted(subset_configurations):
-        ids = sorted(subset_configurations[subset])
-        identifier = 'CS_' + _sha(b'configuration-set', *(i.encode() for i in ids))
+        identifier = f'CS_{subset}_{dataset_id}'
         configuration_sets[identifier] = {
             'id': identifier,
             'name': subset,
             'description': SUBSET_DESCRIPTIONS.get(subset, f'Configurations of the {subset} subset.'),
-            'configuration_ids': ids,
+            'dataset_id': dataset_id,
+            'configuration_ids': sorted(subset_configurations[subset]),
         }
+
+    property_objects = {}
+    for identifier, item in data_objects.items():
+        frame = first_frames[identifier]
+        found = property_object(
+            item['configuration_id'],
+            dataset_id,
+            configurations[item['configuration_id']]['chemical_formula_hill'],
+            frame.info['energy'],
+            frame.arrays['forces'],
+            frame.info.get('stress'),
+            multiplicity=len(item['sources']),
+        )
+        if found['id'] in property_objects:  # the same calculation results, here with other PIs (DOS, baseline)
+            property_objects[found['id']]['multiplicity'] += found['multiplicity']
+        else:
+            property_objects[found['id']] = found
+        item['property_object_id'] = found['id']
 
     duplicates = [
         {'data_object_id': identifier, 'source_uuids': sorted(source['source_uuid'] for source in item['sources'])}
@@ -413,14 +563,12 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
     split_counts = Counter(
         source['split'] for data_object in data_objects.values() for source in data_object['sources']
     )
-    dataset_id = 'DS_' + _sha(
-        b'dataset', *(i.encode() for i in sorted(configuration_sets)), *(i.encode() for i in sorted(data_objects))
-    )
     report = {
         'n_frames': len(frames),
         'n_data_objects': len(data_objects),
         'n_configurations': len(configurations),
         'n_property_instances': len(instances),
+        'n_property_objects': len(property_objects),
         'n_duplicate_frames': len(frames) - len(data_objects),
         'n_shared_property_instance_references': instance_references - len(instances),
         'duplicates': duplicates,
@@ -448,6 +596,7 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
         dataset=dataset,
         configurations=configurations,
         property_instances=instances,
+        property_objects=property_objects,
         property_definitions=property_definitions(),
         configuration_sets=configuration_sets,
         data_objects=data_objects,
@@ -468,7 +617,7 @@ def write_colabfit(dataset: ColabfitDataset, directory, *, force: bool = False) 
     """
     directory = pathlib.Path(directory).absolute()
     with staged_folder(directory, force=force, error=ColabfitError) as staging:
-        for kind in ('configurations', 'property_instances', 'configuration_sets', 'data_objects'):
+        for kind in ('configurations', 'property_instances', 'property_objects', 'configuration_sets', 'data_objects'):
             with (staging / FILES[kind]).open('w', encoding='utf-8') as handle:
                 for item in getattr(dataset, kind).values():
                     handle.write(_dump(item) + '\n')
@@ -501,6 +650,7 @@ def read_colabfit(directory) -> ColabfitDataset:
         dataset=json.loads((directory / FILES['dataset']).read_text(encoding='utf-8')),
         configurations=lines('configurations'),
         property_instances=lines('property_instances'),
+        property_objects=lines('property_objects'),
         property_definitions=json.loads((directory / FILES['property_definitions']).read_text(encoding='utf-8')),
         configuration_sets=lines('configuration_sets'),
         data_objects=lines('data_objects'),

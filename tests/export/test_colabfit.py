@@ -1,11 +1,14 @@
-"""ColabFit data standard: content-hash IDs, duplicates stored once, property definitions with units, round trip."""
+"""ColabFit data standard: ColabFit's own IDs (as colabfit-tools computes them), duplicates stored once, round trip."""
 
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 
 import numpy as np
 import pytest
+from ase import Atoms
 
 from aiida_mad.dataset.frames import FrameError
 from aiida_mad.export.colabfit import (
@@ -13,10 +16,16 @@ from aiida_mad.export.colabfit import (
     UNITS,
     ColabfitError,
     build_colabfit,
+    configuration_id,
     property_definitions,
+    property_object,
     read_colabfit,
+    structure_hash,
     write_colabfit,
 )
+from aiida_mad.export.folders import MARKER
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'colabfit'
 
 METADATA = {
     'name': 'mad-test',
@@ -33,11 +42,69 @@ def duplicate_of(frame, source_uuid):
     return copy
 
 
+def ids_of(dataset):
+    return [*dataset.configurations, *dataset.data_objects, *dataset.property_instances, *dataset.property_objects]
+
+
+def test_ids_are_those_colabfit_tools_computes():
+    # expected.json was made by colabfit-tools itself (make_expected.py, in a throw-away environment).
+    inputs = json.loads((FIXTURES / 'inputs.json').read_text())
+    expected = json.loads((FIXTURES / 'expected.json').read_text())
+    assert len(inputs) == len(expected['configurations']) == 7
+    for item, wanted in zip(inputs, expected['configurations'], strict=True):
+        atoms = Atoms(numbers=item['numbers'], positions=item['positions'], cell=item['cell'], pbc=item['pbc'])
+        identifier = configuration_id(atoms.numbers, atoms.positions, atoms.cell.array)
+        assert identifier == wanted['configuration_id'], item['name']
+        assert structure_hash(atoms.numbers, atoms.positions, atoms.cell.array) == wanted['structure_hash']
+        formula = atoms.get_chemical_formula('hill')
+        assert formula == wanted['chemical_formula_hill']
+        found = property_object(
+            identifier, expected['dataset_id'], formula, item['energy'], item['forces'], item['stress']
+        )
+        assert found['id'] == wanted['property_object_id'], item['name']
+    by_name = {item['name']: item for item in expected['configurations']}
+    # the atom order enters the configuration ID, not the structure hash; ColabFit's pbc comes from the cell
+    assert by_name['bulk-sio2']['configuration_id'] != by_name['bulk-sio2-reordered']['configuration_id']
+    assert by_name['bulk-sio2']['structure_hash'] == by_name['bulk-sio2-reordered']['structure_hash']
+    assert by_name['molecule-in-box']['colabfit_pbc'] == [True, True, True]
+    assert by_name['molecule-no-cell']['colabfit_pbc'] == [False, False, False]
+
+
+def test_dataset_uses_the_colabfit_ids(frames):
+    dataset = build_colabfit(frames, METADATA)
+    for frame in frames:
+        identifier = configuration_id(frame.numbers, frame.positions, frame.cell.array)
+        configuration = dataset.configurations[identifier]
+        assert configuration['pbc'] == frame.pbc.tolist()  # the frame's own, not ColabFit's cell-derived pbc
+    for item in dataset.data_objects.values():
+        found = dataset.property_objects[item['property_object_id']]
+        assert found['configuration_id'] == item['configuration_id']
+        assert found['dataset_id'] == dataset.id
+        assert found['multiplicity'] == len(item['sources'])
+        (frame,) = [frame for frame in frames if frame.info['source_uuid'] == item['sources'][0]['source_uuid']]
+        assert found['energy'] == frame.info['energy']  # the total energy, as ColabFit stores it
+        assert found['atomic_forces'] == frame.arrays['forces'].tolist()
+        assert found['cauchy_stress'] == (frame.info['stress'].tolist() if 'stress' in frame.info else None)
+        formula = dataset.configurations[item['configuration_id']]['chemical_formula_hill']
+        again = property_object(
+            found['configuration_id'],
+            dataset.id,
+            formula,
+            found['energy'],
+            found['atomic_forces'],
+            found['cauchy_stress'],
+            multiplicity=found['multiplicity'],
+        )
+        assert again == found
+
+
 def test_objects_and_counts(frames, dos_frames):
     everything = frames + dos_frames
     dataset = build_colabfit(everything, METADATA)
-    assert dataset.id.startswith('DS_') and len(dataset.id) == 3 + 64
+    assert re.fullmatch('DS_[a-z0-9]{12}_0', dataset.id)
     assert len(dataset.configurations) == len(dataset.data_objects) == len(everything)
+    assert len(dataset.property_objects) == len(everything)
+    assert all(re.fullmatch('(CO|DO|PI|PO)_[0-9a-f]{25}', identifier) for identifier in ids_of(dataset))
     assert dataset.report['n_duplicate_frames'] == 0
     # energy, baseline-subtracted energy and forces for every frame, stress for periodic ones, DOS where present
     counts = dataset.dataset['property_counts']
@@ -50,6 +117,7 @@ def test_objects_and_counts(frames, dos_frames):
         assert instance['type'] in names
         assert instance['id'].startswith('PI_')
     assert {item['name'] for item in dataset.configuration_sets.values()} == {'mc3d', 'mc3d-cluster', 'mc2d'}
+    assert set(dataset.configuration_sets) == {f'CS_{name}_{dataset.id}' for name in ('mc3d', 'mc3d-cluster', 'mc2d')}
     for item in dataset.configuration_sets.values():
         assert all(
             dataset.configurations[identifier]['labels'] == [item['name']] for identifier in item['configuration_ids']
@@ -112,7 +180,9 @@ def test_duplicates_are_stored_once_and_reported(frames):
     }
     # the duplicated data object lists both frames it stands for
     for item in report['duplicates']:
-        assert len(dataset.data_objects[item['data_object_id']]['sources']) == 2
+        data_object = dataset.data_objects[item['data_object_id']]
+        assert len(data_object['sources']) == 2
+        assert dataset.property_objects[data_object['property_object_id']]['multiplicity'] == 2
 
 
 def test_same_configuration_with_other_properties_is_one_configuration_two_data_objects(frames):
@@ -127,14 +197,17 @@ def test_same_configuration_with_other_properties_is_one_configuration_two_data_
     assert len(dataset.property_instances) == 2 + 2 + 2  # two energies, two baseline energies, forces, stress
 
 
-def test_configuration_ids_follow_the_rounding_precision(frames):
+def test_configuration_ids_are_exact(frames):
+    # As in ColabFit: no tolerance, so numerical noise and -0.0 make another configuration.
     reference = build_colabfit([frames[0]], METADATA)
     nudged = frames[0].copy()
-    nudged.positions[0, 0] += 1e-12  # below the hashing precision (1e-8 Å)
-    moved = frames[0].copy()
-    moved.positions[0, 0] += 1e-6
-    assert list(build_colabfit([nudged], METADATA).configurations) == list(reference.configurations)
-    assert list(build_colabfit([moved], METADATA).configurations) != list(reference.configurations)
+    nudged.positions[0, 0] += 1e-12
+    signed = frames[0].copy()
+    signed.positions[0, 0] = 0.0
+    zero = build_colabfit([signed], METADATA)
+    signed.positions[0, 0] = -0.0
+    assert list(build_colabfit([nudged], METADATA).configurations) != list(reference.configurations)
+    assert list(build_colabfit([signed], METADATA).configurations) != list(zero.configurations)
 
 
 def test_ids_do_not_depend_on_frame_order(frames):
@@ -150,7 +223,7 @@ def test_write_and_read_back(tmp_path, frames, dos_frames):
     dataset = build_colabfit(frames + dos_frames + [duplicate_of(frames[1], 'dup-1')], METADATA)
     paths = write_colabfit(dataset, tmp_path / 'colabfit')
     assert {path.name for path in paths.values()} == set(FILES.values())
-    assert sorted(item.name for item in (tmp_path / 'colabfit').iterdir()) == sorted(FILES.values())
+    assert sorted(item.name for item in (tmp_path / 'colabfit').iterdir()) == sorted([*FILES.values(), MARKER])
     lines = (tmp_path / 'colabfit' / 'configurations.jsonl').read_text().splitlines()
     assert len(lines) == len(dataset.configurations)
     assert all(json.loads(line)['id'].startswith('CO_') for line in lines)
@@ -169,8 +242,12 @@ def test_write_refuses_a_non_empty_folder(tmp_path, frames):
     with pytest.raises(ColabfitError, match='exists and is not empty'):
         write_colabfit(dataset, target)
     assert [item.name for item in target.iterdir()] == ['keep.txt']
+    with pytest.raises(ColabfitError, match='not written by an aiida-mad export, not replaced'):
+        write_colabfit(dataset, target, force=True)  # --force replaces only an earlier export
+    assert [item.name for item in target.iterdir()] == ['keep.txt']
+    (target / 'keep.txt').unlink()
+    write_colabfit(dataset, target)
     write_colabfit(dataset, target, force=True)
-    assert not (target / 'keep.txt').exists()
     assert read_colabfit(target) == dataset
 
 
