@@ -28,4 +28,8 @@ CalcJobs all read and write datasets through this package. Nothing here imports 
     ``write_split_files_from_shards(shards, directory, *, prefix='mad', missing_stress='nan')
     -> dict[str, tuple[Path, int]]`` (the fast route from shards to the train/val/test files, no parsing);
     ``missing_stress='nan'`` for metatrain (it masks NaN), ``'omit'`` for MACE.
+
+:mod:`aiida_mad.dataset.atomic_energies`: ``atomic-energies.csv``, the isolated-atom energies of one level of theory.
+    ``write_atomic_energies_csv(energies, path, *, fingerprint) -> Path``;
+    ``read_atomic_energies_csv(path) -> tuple[dict[str, float], str]`` (energies by element, fingerprint).
 """
