@@ -36,6 +36,19 @@ of each run is in its ``subset`` input and in ``properties['subset']``, the stru
 extra, and the work chains keep their extras (``mad_fingerprint``, ``mad_source_uuid``, ``mad_outlier``): enough to
 rebuild the groups if wanted.
 
+**What is published.** Archives are meant to be published, so by default (``private_data=False``) every archive
+is scrubbed after it is written (:func:`scrub_archive`): the computers keep their label, hostname, transport,
+scheduler and MPI command, but lose their description, ``prepend_text``, ``append_text`` and work directory; codes
+lose their ``prepend_text`` and ``append_text`` and keep only the file name of their executable; calculations lose
+their remote working directory, the ``prepend_text``/``append_text``, custom scheduler commands and environment
+variables of their options, and the submit script and job description files of their repository
+(``_aiidasubmit.sh``, ``.aiida/``); ``RemoteData`` nodes lose their path; every user's email is replaced by
+``anonymous@aiida-mad.invalid`` (names and institutions stay: they credit the authors). Any remaining occurrence
+of those texts (in logs, comments, attributes, retrieved files) is replaced by ``[scrubbed]``. Authentication
+information is never exported. What stays: structures, inputs and outputs of every calculation (pw.x input and
+output files included), pseudopotentials, the provenance links, logs and extras. ``private_data=True`` keeps
+everything (for a private backup).
+
 **Compression.** ZIP deflate level :data:`DEFAULT_COMPRESSION`, aiida-core's default too, chosen after measuring it
 against the other levels on the three test archives (Si through the fast protocol: 2.05 MB of SQLite database,
 pseudopotentials, pw.x outputs and XML, arrays). Level 6 keeps 18.3 % of the bytes at 15 MB/s; level 9 keeps 18.2 %
@@ -46,16 +59,29 @@ of many GB, level 9 would cost hours for nothing, and the Materials Cloud limit 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import os
 import pathlib
 import re
 import secrets
+import shutil
+import sqlite3
+import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiida import orm
 
-__all__ = ['DEFAULT_COMPRESSION', 'TRAVERSAL_RULES', 'archive_filename', 'archive_summary', 'export_subset_archives']
+__all__ = [
+    'DEFAULT_COMPRESSION',
+    'TRAVERSAL_RULES',
+    'archive_filename',
+    'archive_summary',
+    'export_subset_archives',
+    'scrub_archive',
+]
 
 #: The toggleable export traversal rules of aiida-core, each set explicitly (see the module docstring for why).
 TRAVERSAL_RULES: dict[str, bool] = {
@@ -105,6 +131,7 @@ def export_subset_archives(
     force: bool = False,
     extra_by_subset: Mapping[str, Sequence[orm.Node]] | None = None,
     compression: int = DEFAULT_COMPRESSION,
+    private_data: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write one AiiDA archive ``<prefix>-<subset>.aiida`` per subset, with the whole provenance of its work chains.
 
@@ -121,6 +148,8 @@ def export_subset_archives(
     :param extra_by_subset: further stored nodes to put in a subset's archive (with their provenance, by the same
         rules), e.g. a structure that was refused or a baseline table.
     :param compression: ZIP deflate level, 0 to 9.
+    :param private_data: keep the computers' setup texts, local paths, submit scripts and user emails; by default
+        they are scrubbed (:func:`scrub_archive`), as archives are meant for publication.
     :return: ``{subset: path of its archive}``.
     :raises ValueError: for no subsets, a subset with no work chains, a subset name that cannot be a file name,
         unstored or unsealed nodes, a key of ``extra_by_subset`` that is no subset, or an existing target file
@@ -171,6 +200,8 @@ def export_subset_archives(
                     compression=compression,
                     **TRAVERSAL_RULES,
                 )
+                if not private_data:
+                    scrub_archive(temporary[subset], compression=compression)
             except Exception as exception:
                 exception.add_note(f'while writing the archive of subset `{subset}` ({target}); nothing was written')
                 raise
@@ -259,3 +290,212 @@ def archive_summary(path: str | os.PathLike) -> dict[str, Any]:
         'traversal_rules': parameters.get('graph_traversal_rules'),
         'starting_uuids': set(starting),
     }
+
+
+#: The email every user of a scrubbed archive gets (numbered from the second user on).
+ANONYMOUS_EMAIL = 'anonymous@aiida-mad.invalid'
+
+#: What replaces a private text that remains somewhere in a scrubbed archive.
+SCRUBBED = '[scrubbed]'
+
+#: Keys removed (set empty) from node attributes and computer metadata, at any depth.
+_PRIVATE_KEYS = {
+    'prepend_text': '',
+    'append_text': '',
+    'remote_workdir': '',
+    'remote_path': '',
+    'workdir': '',
+    'work_dir': '',
+    'custom_scheduler_commands': '',
+    'environment_variables': {},
+}
+
+#: Top-level repository entries of a calculation that describe the machine: removed.
+_PRIVATE_FILES = ('_aiidasubmit.sh', '.aiida')
+
+
+def _scrub_mapping(value, found: set[str]):
+    """Return ``value`` with the values of :data:`_PRIVATE_KEYS` emptied (collecting the non-empty texts)."""
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            if key in _PRIVATE_KEYS:
+                if isinstance(item, str) and item.strip():
+                    found.add(item)
+                elif isinstance(item, dict):
+                    found.update(str(text) for text in item.values() if str(text).strip())
+                result[key] = _PRIVATE_KEYS[key]
+            else:
+                result[key] = _scrub_mapping(item, found)
+        return result
+    if isinstance(value, list):
+        return [_scrub_mapping(item, found) for item in value]
+    return value
+
+
+def _texts(found: set[str]) -> list[str]:
+    """Return the texts to look for: each private text and its non-trivial lines, longest first."""
+    texts = set()
+    for text in found:
+        texts.add(text.strip())
+        texts.update(line.strip() for line in text.splitlines() if len(line.strip()) >= 6)
+    return sorted((text for text in texts if len(text) >= 6), key=len, reverse=True)
+
+
+def _drop_private_files(metadata: dict, removed: set[str]) -> dict:
+    """Return repository metadata without :data:`_PRIVATE_FILES`, collecting the object keys they referenced."""
+
+    def keys(entry):
+        if 'k' in entry:
+            removed.add(entry['k'])
+        for child in entry.get('o', {}).values():
+            keys(child)
+
+    objects = dict(metadata.get('o', {}))
+    for name in _PRIVATE_FILES:
+        if name in objects:
+            keys(objects.pop(name))
+    return {**metadata, 'o': objects} if objects or 'o' in metadata else metadata
+
+
+def _rekey(metadata: dict, renamed: Mapping[str, str]) -> dict:
+    """Return repository metadata with the object keys of ``renamed`` replaced."""
+    result = dict(metadata)
+    if 'k' in result and result['k'] in renamed:
+        result['k'] = renamed[result['k']]
+    if 'o' in result:
+        result['o'] = {name: _rekey(entry, renamed) for name, entry in result['o'].items()}
+    return result
+
+
+def _replace_all(text: str, texts: Sequence[str]) -> str:
+    for private in texts:
+        text = text.replace(private, SCRUBBED)
+        escaped = json.dumps(private)[1:-1]
+        if escaped != private:
+            text = text.replace(escaped, SCRUBBED)
+    return text
+
+
+def scrub_archive(path: str | os.PathLike, *, compression: int = DEFAULT_COMPRESSION) -> dict[str, int]:
+    """Remove the machine's setup, local paths and user emails from the AiiDA archive at ``path``, in place.
+
+    See the module documentation (*What is published*) for what is removed and what stays. The archive is rewritten
+    next to itself and renamed over it: an interruption leaves the original.
+
+    :return: counts: ``computers``, ``users``, ``nodes`` changed, ``files_removed``, ``files_rewritten``,
+        ``texts`` (distinct private texts looked for).
+    """
+    path = pathlib.Path(path)
+    counts = dict.fromkeys(('computers', 'users', 'nodes', 'files_removed', 'files_rewritten', 'texts'), 0)
+    with tempfile.TemporaryDirectory(prefix='.mad-scrub-', dir=path.parent) as work, zipfile.ZipFile(path) as source:
+        database = pathlib.Path(work) / 'db.sqlite3'
+        with source.open('db.sqlite3') as handle, database.open('wb') as copy:
+            shutil.copyfileobj(handle, copy)
+        found: set[str] = set()
+        removed: set[str] = set()
+        connection = sqlite3.connect(database)
+        try:
+            cursor = connection.cursor()
+            rows = cursor.execute('SELECT id, metadata, description FROM db_dbcomputer').fetchall()
+            for pk, metadata, description in rows:
+                if description and description.strip():
+                    found.add(description)
+                scrubbed = _scrub_mapping(json.loads(metadata or '{}'), found)
+                cursor.execute(
+                    'UPDATE db_dbcomputer SET metadata = ?, description = ? WHERE id = ?',
+                    (json.dumps(scrubbed), '', pk),
+                )
+                counts['computers'] += 1
+            for index, (pk, email) in enumerate(cursor.execute('SELECT id, email FROM db_dbuser').fetchall()):
+                found.add(email)
+                anonymous = ANONYMOUS_EMAIL if index == 0 else ANONYMOUS_EMAIL.replace('@', f'-{index}@')
+                cursor.execute('UPDATE db_dbuser SET email = ? WHERE id = ?', (anonymous, pk))
+                counts['users'] += 1
+            rows = cursor.execute('SELECT id, node_type, attributes, repository_metadata FROM db_dbnode').fetchall()
+            for pk, node_type, attributes, repository in rows:
+                attributes = json.loads(attributes or '{}')
+                repository = json.loads(repository or '{}')
+                new_attributes = _scrub_mapping(attributes, found)
+                if node_type.startswith('data.core.code.') and new_attributes.get('filepath_executable'):
+                    new_attributes['filepath_executable'] = pathlib.PurePath(new_attributes['filepath_executable']).name
+                new_repository = _drop_private_files(repository, removed)
+                if new_attributes != attributes or new_repository != repository:
+                    cursor.execute(
+                        'UPDATE db_dbnode SET attributes = ?, repository_metadata = ? WHERE id = ?',
+                        (json.dumps(new_attributes), json.dumps(new_repository), pk),
+                    )
+                    counts['nodes'] += 1
+            texts = _texts(found)
+            counts['texts'] = len(texts)
+            # Whatever still holds one of the texts (logs, comments, labels, extras...): replaced in every text column.
+            for (table,) in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                columns = [row[1] for row in cursor.execute(f'PRAGMA table_info("{table}")').fetchall()]
+                for column in columns:
+                    values = cursor.execute(
+                        f'SELECT rowid, "{column}" FROM "{table}" WHERE typeof("{column}") = \'text\''
+                    ).fetchall()
+                    for rowid, value in values:
+                        replaced = _replace_all(value, texts)
+                        if replaced != value:
+                            cursor.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE rowid = ?', (replaced, rowid))
+            # Repository objects: drop the private files; rewrite (under their new hash) those holding a text.
+            still_used: set[str] = set()
+            for (repository,) in cursor.execute('SELECT repository_metadata FROM db_dbnode').fetchall():
+                stack = [json.loads(repository or '{}')]
+                while stack:
+                    entry = stack.pop()
+                    if 'k' in entry:
+                        still_used.add(entry['k'])
+                    stack.extend(entry.get('o', {}).values())
+            encoded = [text.encode('utf-8') for text in texts]
+            objects = [info for info in source.infolist() if info.filename.startswith('repo/') and not info.is_dir()]
+            rewritten: dict[str, bytes] = {}
+            renamed: dict[str, str] = {}
+            for info in objects:
+                key = info.filename.rsplit('/', 1)[-1]
+                if key not in still_used:
+                    continue
+                content = source.read(info)
+                if any(text in content for text in encoded):
+                    for text in encoded:
+                        content = content.replace(text, SCRUBBED.encode('utf-8'))
+                    renamed[key] = hashlib.sha256(content).hexdigest()
+                    rewritten[key] = content
+            for pk, repository in cursor.execute('SELECT id, repository_metadata FROM db_dbnode').fetchall():
+                metadata = json.loads(repository or '{}')
+                rekeyed = _rekey(metadata, renamed)
+                if rekeyed != metadata:
+                    cursor.execute(
+                        'UPDATE db_dbnode SET repository_metadata = ? WHERE id = ?', (json.dumps(rekeyed), pk)
+                    )
+            connection.commit()
+            connection.execute('VACUUM')  # no free pages left holding the old texts
+            connection.close()
+            partial = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.scrub')
+            deflate = {'compression': zipfile.ZIP_DEFLATED, 'compresslevel': compression} if compression else {}
+            try:
+                with zipfile.ZipFile(partial, 'w', **deflate) as target:
+                    # aiida reads the metadata and the database from the first entries of the central directory
+                    target.writestr(source.getinfo('metadata.json'), source.read('metadata.json'))
+                    target.write(database, 'db.sqlite3')
+                    written = set()
+                    for info in objects:
+                        key = info.filename.rsplit('/', 1)[-1]
+                        if key not in still_used:
+                            counts['files_removed'] += key in removed
+                            continue
+                        if key in rewritten:
+                            if renamed[key] not in written:
+                                target.writestr(f'repo/{renamed[key]}', rewritten[key])
+                                written.add(renamed[key])
+                            counts['files_rewritten'] += 1
+                        elif key not in written:
+                            target.writestr(info, source.read(info))
+                            written.add(key)
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+        finally:
+            connection.close()
+    return counts
