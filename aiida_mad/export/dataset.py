@@ -127,11 +127,11 @@ def write_export_files(
 
 
 def dataset_metadata_defaults(dataset) -> dict:
-    """Return ColabFit metadata filled from the dataset and the profile's default user."""
+    """Return ColabFit metadata filled from the dataset and the profile's default user (name only, never the email)."""
     from aiida import orm
 
     user = orm.User.collection.get_default()
-    author = (user.get_full_name() if user is not None else '') or (user.email if user is not None else '')
+    author = ' '.join(part for part in (user.first_name, user.last_name) if part) if user is not None else ''
     counts = ', '.join(f'{subset} ({sum(splits.values())})' for subset, splits in dataset.counts.items())
     return {
         'name': dataset.name,
