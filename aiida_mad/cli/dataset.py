@@ -3,36 +3,16 @@
 The same ``list``, ``show`` and ``export`` commands are mounted under ``verdi data mad`` (see :mod:`.data`).
 """
 
-import pathlib
-
 import click
-from aiida.cmdline.params import options as core_options
 from aiida.cmdline.utils import decorators, echo
 
-DATASET = click.argument('dataset', metavar='NAME')
-FORCE = core_options.OverridableOption('--force', is_flag=True, help='Replace an existing output.')
+from . import params
 
 
-def _load(identifier):
-    from aiida_mad.workflows.dataset import load_dataset
-
-    try:
-        return load_dataset(identifier)
-    except ValueError as exception:
-        echo.echo_critical(str(exception))
-
-
-def _outlier_thresholds(values) -> dict[str, float] | None:
-    thresholds = {}
-    for value in values:
-        subset, separator, number = value.partition('=')
-        try:
-            thresholds[subset.strip()] = float(number)
-        except ValueError:
-            separator = ''
-        if not separator or not subset.strip():
-            raise click.BadParameter(f'{value!r}: expected SUBSET=EV_PER_ANGSTROM', param_hint='--outlier-max-force')
-    return thresholds or None
+def write_error(path, exception: OSError) -> str:
+    """Return a one-line message for an ``OSError`` met while writing ``path``."""
+    where = f' ({exception.filename})' if exception.filename and str(exception.filename) != str(path) else ''
+    return f'cannot write {path}: {exception.strerror or exception}{where}'
 
 
 @click.group('dataset')
@@ -41,7 +21,7 @@ def cmd_dataset():
 
 
 @cmd_dataset.command('build')
-@click.argument('name')
+@click.argument('name', type=params.types.DatasetNameParamType())
 @click.option('--from', 'groups', multiple=True, required=True, metavar='GROUP', help='Group of DFT results (repeat).')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the splits.')
 @click.option(
@@ -57,6 +37,7 @@ def cmd_dataset():
 @click.option(
     '--outlier-max-force',
     multiple=True,
+    type=params.types.SubsetThresholdParamType(),
     metavar='SUBSET=F',
     help='Outlier threshold in eV/Å for a subset (`default` for the others), over those of the protocol.',
 )
@@ -76,23 +57,11 @@ def dataset_build(
     from aiida.engine import run_get_node
 
     from aiida_mad.dataset.splits import validate_fractions
-    from aiida_mad.workflows.dataset import (
-        DatasetSelectionError,
-        DatasetWorkChain,
-        existing_dataset_names,
-        select_results,
-        validate_name,
-    )
+    from aiida_mad.workflows.dataset import DatasetSelectionError, DatasetWorkChain, select_results
 
-    thresholds = _outlier_thresholds(outlier_max_force)
+    thresholds = dict(outlier_max_force) or None
     try:
-        validate_name(name)
         validate_fractions(fractions)
-    except ValueError as exception:
-        echo.echo_critical(str(exception))
-    if name in existing_dataset_names():
-        echo.echo_critical(f'a dataset named {name} exists already: choose another name')
-    try:
         selection = select_results(
             groups,
             fingerprint=fingerprint,
@@ -100,7 +69,7 @@ def dataset_build(
             baseline=not no_baseline,
             include_dos=with_dos,
         )
-    except DatasetSelectionError as exception:
+    except (DatasetSelectionError, ValueError) as exception:
         echo.echo_critical(str(exception))
 
     builder = DatasetWorkChain.get_builder()
@@ -167,7 +136,7 @@ def dataset_list():
 
 
 @cmd_dataset.command('show')
-@DATASET
+@params.DATASET()
 @decorators.with_dbenv()
 def dataset_show(dataset):
     """Show a dataset: counts per subset and split, exclusions, elements, fingerprint and content hash."""
@@ -175,7 +144,7 @@ def dataset_show(dataset):
 
     from aiida_mad.workflows.dataset import describe_record
 
-    node = _load(dataset)
+    node = dataset
     attributes = node.base.attributes.all
     echo.echo(f'Dataset {node.name}<{node.pk}> (uuid {node.uuid})')
     echo.echo(f'  fingerprint   {node.fingerprint}')
@@ -196,8 +165,8 @@ def dataset_show(dataset):
 
 
 @cmd_dataset.command('export')
-@DATASET
-@click.argument('directory', type=click.Path(file_okay=False, path_type=pathlib.Path))
+@params.DATASET()
+@params.OUTPUT_DIRECTORY()
 @click.option(
     '--format',
     'fmt',
@@ -219,7 +188,7 @@ def dataset_show(dataset):
 @click.option('--license', 'license_', default=None, help='ColabFit: the license (default CC-BY-4.0).')
 @click.option('--description', default=None, help='ColabFit: the description.')
 @click.option('--link', 'links', multiple=True, help='ColabFit: a link (repeat).')
-@FORCE()
+@params.FORCE()
 @decorators.with_dbenv()
 def dataset_export(
     dataset, directory, fmt, missing_stress, no_archives, no_chemiscope, authors, license_, description, links, force
@@ -228,7 +197,7 @@ def dataset_export(
     from aiida_mad.dataset.frames import FrameError
     from aiida_mad.export.dataset import ExportError, export_dataset
 
-    node = _load(dataset)
+    node = dataset
     metadata = {
         key: value
         for key, value in (
@@ -252,6 +221,8 @@ def dataset_export(
         )
     except (ExportError, FrameError) as exception:
         echo.echo_critical(str(exception))
+    except OSError as exception:
+        echo.echo_critical(write_error(directory, exception))
     for name, path in written.items():
         echo.echo(f'{path.stat().st_size:>14,d}  {name}')
     echo.echo_success(f'wrote {len(written)} files of dataset {node.name} to {directory}')
@@ -271,10 +242,14 @@ def _reference(value: str) -> dict:
 
 
 @cmd_dataset.command('record')
-@DATASET
-@click.argument('directory', type=click.Path(file_okay=False, path_type=pathlib.Path))
+@params.DATASET()
+@params.OUTPUT_DIRECTORY()
 @click.option(
-    '--metadata', 'metadata_file', type=click.Path(exists=True, dir_okay=False), help='metadata.yml to start from.'
+    '--metadata',
+    'metadata',
+    type=params.types.MetadataFileParamType(),
+    default=None,
+    help='metadata.yml to start from (a YAML mapping).',
 )
 @click.option('--title', default=None, help='Record title.')
 @click.option('--description', default=None, help='Record description.')
@@ -282,30 +257,25 @@ def _reference(value: str) -> dict:
 @click.option('--author', 'authors', multiple=True, metavar='"NAME|AFFILIATION[;AFFILIATION]"', help='An author.')
 @click.option('--license', 'license_', default=None, help='License (default CC-BY-4.0).')
 @click.option('--reference', 'references', multiple=True, metavar='"TYPE|CITATION[|DOI or URL]"', help='A reference.')
-@FORCE()
+@params.FORCE()
 @decorators.with_dbenv()
-def dataset_record(
-    dataset, directory, metadata_file, title, description, keywords, authors, license_, references, force
-):
+def dataset_record(dataset, directory, metadata, title, description, keywords, authors, license_, references, force):
     """Write the Materials Cloud Archive record folder of dataset NAME into DIRECTORY.
 
     The folder holds every export (split files, atomic energies, per-subset AiiDA archives, chemiscope files,
     ColabFit zip, HTML report) plus metadata.yml, optimade.yaml and a README. The metadata and the Archive's size
     limits (5 GB of files, 50 GB of AiiDA databases) are checked before anything is written.
     """
-    import yaml
-
     from aiida_mad.export.dataset import ExportError, write_dataset_record
 
-    node = _load(dataset)
-    metadata = {}
-    if metadata_file:
-        metadata = yaml.safe_load(pathlib.Path(metadata_file).read_text(encoding='utf-8')) or {}
+    node = dataset
+    metadata = dict(metadata or {})
+    split = ':'.join(f'{100 * fraction:g}' for fraction in node.base.attributes.get('fractions'))
     metadata.setdefault('license', 'CC-BY-4.0')
     metadata.setdefault(
         'description',
         f'Dataset {node.name}: {node.n_frames} structures labelled at one DFT level of theory (fingerprint '
-        f'{node.fingerprint}), split 80:10:10 per subset, with the full AiiDA provenance.',
+        f'{node.fingerprint}), split {split} (train:val:test) per subset, with the full AiiDA provenance.',
     )
     for key, value in (('title', title), ('description', description), ('license', license_)):
         if value:
@@ -320,23 +290,27 @@ def dataset_record(
         written = write_dataset_record(node, directory, metadata=metadata, force=force)
     except ExportError as exception:
         echo.echo_critical(str(exception))
+    except OSError as exception:
+        echo.echo_critical(write_error(directory, exception))
     for name, path in written.items():
         echo.echo(f'{path.stat().st_size:>14,d}  {name}')
     echo.echo_success(f'wrote the record of dataset {node.name} to {directory}')
 
 
 @cmd_dataset.command('report')
-@DATASET
-@click.argument('output', type=click.Path(dir_okay=False, path_type=pathlib.Path))
-@FORCE()
+@params.DATASET()
+@params.OUTPUT_FILE()
+@params.FORCE()
 @decorators.with_dbenv()
 def dataset_report(dataset, output, force):
     """Write the HTML report of dataset NAME to OUTPUT (elements, histograms, convergence, splits)."""
     from aiida_mad.export.dataset import ExportError, write_dataset_report
 
-    node = _load(dataset)
+    node = dataset
     try:
         path = write_dataset_report(node, output, force=force)
     except ExportError as exception:
         echo.echo_critical(str(exception))
+    except OSError as exception:
+        echo.echo_critical(write_error(output, exception))
     echo.echo_success(f'wrote the report of dataset {node.name} to {path}')

