@@ -17,7 +17,7 @@ def describe_job(calculation) -> str:
 
 @click.command('demo')
 @params.PW_CODE()
-@params.PSEUDO_FAMILY()
+@params.PSEUDO_FAMILY(default='offline', show_default=True)
 @params.TIMEOUT()
 @decorators.with_dbenv()
 def cmd_demo(code, pseudo_family, timeout):
@@ -26,22 +26,15 @@ def cmd_demo(code, pseudo_family, timeout):
 
     import numpy as np
     from aiida.engine import submit
-    from aiida.orm import CalcJobNode, Group
+    from aiida.orm import CalcJobNode
     from rich.console import Console
 
-    from aiida_mad.pseudos import offline_family_label
     from aiida_mad.units import qe_stress_to_ase
     from aiida_mad.workflows.demo import get_demo_builder
 
-    pseudo_family = pseudo_family or offline_family_label()
-    if not Group.collection.count(filters={'label': pseudo_family}):
-        raise click.BadParameter(
-            f'pseudo family `{pseudo_family}` is not installed (run `aiida-mad setup localhost`)',
-            param_hint='--pseudo-family',
-        )
     require_daemon()
 
-    node = submit(get_demo_builder(code, pseudo_family))
+    node = submit(get_demo_builder(code, pseudo_family.label))
     echo.echo_report(f'submitted PwBaseWorkChain<{node.pk}> for bulk Si with {code.full_label}')
 
     console = Console()
