@@ -17,9 +17,15 @@ import numpy as np
 from aiida import orm
 from aiida.common.links import LinkType
 
+from aiida_mad.constants import SPLITS, process_type
+from aiida_mad.data.dataset import DatasetData
+
 __all__ = ('FrameQuery', 'lineage', 'query_frames')
 
-DFT_PROCESS_TYPE = 'aiida.workflows:mad.dft'
+#: Processes are found by their process type (entry point), never by label.
+DFT_PROCESS_TYPE = process_type('mad.dft')
+GENERATE_STRUCTURES_PROCESS_TYPE = process_type('mad.generate_structures')
+BUILD_DATASET_PROCESS_TYPE = process_type('mad.build_dataset')
 
 
 @dataclasses.dataclass
@@ -79,8 +85,6 @@ def query_frames(
     :param max_force_max: keep frames whose largest force magnitude (eV/Å) is at most this.
     :raises ValueError: for an unknown subset, split or element, naming it and what exists.
     """
-    from aiida_mad.dataset.frames import SPLITS
-
     index = dataset.index()
     mask = np.ones(len(index['subset']), dtype=bool)
     if subsets:
@@ -152,7 +156,7 @@ def _generation_steps(structure: orm.StructureData) -> tuple[list[dict], orm.Str
             'calculation': {**_describe(creator), 'process_label': creator.process_label},
         }
         parent = None
-        if creator.process_label == 'generate_structures':
+        if creator.process_type == GENERATE_STRUCTURES_PROCESS_TYPE:
             parameters = creator.inputs.parameters.get_dict()
             label = link.link_label.split('__', 1)[-1]
             item = 'p' + label[1:].split('_')[0]
@@ -194,8 +198,6 @@ def lineage(uuid: str) -> dict:
         the frame: name, split, subset, content hash) each with ``consumers`` (processes that took the dataset as
         input, and what they created, e.g. trained models).
     """
-    from aiida_mad.data.dataset import DatasetData
-
     structure = _source_structure(uuid)
     steps, seed = _generation_steps(structure)
     result = {
@@ -251,7 +253,7 @@ def lineage(uuid: str) -> dict:
         query.append(
             orm.CalcFunctionNode,
             with_incoming='output',
-            filters={'attributes.process_label': 'build_dataset'},
+            filters={'process_type': BUILD_DATASET_PROCESS_TYPE},
             tag='build',
         )
         query.append(DatasetData, with_incoming='build', project='*')

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -15,7 +18,7 @@ from aiida_mad.parallelization import Parallelization, choose_parallelization, c
 @pytest.mark.parametrize(
     ('kpoints', 'cores', 'npool'),
     [
-        (10, 2, 2),  # bulk Si, fast protocol, this machine
+        (10, 2, 2),  # bulk Si, fast protocol, on two cores
         (1, 2, 1),  # Γ only (0D): a second pool would idle
         (1, 16, 1),
         (200, 8, 8),  # more k-points than cores: one pool per rank
@@ -67,10 +70,11 @@ def test_irreducible_kpoints_drop_with_symmetry():
 
 
 def test_real_run_uses_and_records_the_policy(pw_code, offline_family):
-    """Tetragonally strained Si: pw.x finds the same irreducible k-points, and the run uses 2 pools on 2 ranks.
+    """Strained Si: pw.x finds the same irreducible k-points, and the run uses the ranks and pools of the policy.
 
     The strain lowers the symmetry (more irreducible k-points than cubic Si), a less trivial comparison between the
-    policy's spglib count and pw.x's own; bulk Si itself is compared in ``tests/workflows/test_dft.py``.
+    policy's spglib count and pw.x's own; bulk Si itself is compared in ``tests/workflows/test_dft.py``. The ranks are
+    the cores of this machine (the ``pw_code`` computer's default), the pools what the policy makes of them.
     """
     from aiida_mad.workflows.dft import MadDftWorkChain
 
@@ -87,16 +91,20 @@ def test_real_run_uses_and_records_the_policy(pw_code, offline_family):
     assert expected > 10
     assert reported == expected
 
+    cores = pw_code.computer.get_default_mpiprocs_per_machine()
+    assert cores == (os.cpu_count() or 1)
+    policy = choose_parallelization(expected, cores)
     recorded = node.outputs.properties['parallelization']
-    assert recorded == choose_parallelization(expected, 2).as_dict()
-    assert recorded == {'mpiprocs': 2, 'npool': 2, 'irreducible_kpoints': expected, 'cores': 2}
+    assert recorded == policy.as_dict()
+    assert recorded == {'mpiprocs': cores, 'npool': policy.npool, 'irreducible_kpoints': expected, 'cores': cores}
 
-    # What the calculation really ran with: 2 MPI ranks, and 2 pools on the pw.x command line.
-    assert calc.base.attributes.get('resources')['num_mpiprocs_per_machine'] == 2
-    assert calc.inputs.parallelization.get_dict() == {'npool': 2}
+    # What the calculation really ran with: one MPI rank per core, and the policy's pools on the pw.x command line.
+    assert calc.base.attributes.get('resources')['num_mpiprocs_per_machine'] == cores
+    assert calc.inputs.parallelization.get_dict() == policy.flags
     script = calc.base.repository.get_object_content('_aiidasubmit.sh')
-    assert "'-np' '2'" in script
-    assert "'-npool' '2'" in script
+    assert f"'-np' '{cores}'" in script
+    assert (f"'-npool' '{policy.npool}'" in script) == (policy.npool > 1)
     output = calc.outputs.retrieved.get_object_content('aiida.out')
-    assert 'Parallel version (MPI), running on     2 processors' in output
-    assert 'K-points division:     npool     =       2' in output
+    assert re.search(rf'Parallel version \(MPI\), running on +{cores} processors', output)
+    pools = re.search(r'K-points division: +npool += +(\d+)', output)
+    assert (int(pools.group(1)) if pools else 1) == policy.npool

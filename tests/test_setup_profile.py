@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -71,11 +72,44 @@ def test_failing_step_is_named(tmp_path):
     assert not (tmp_path / '.aiida').exists()
 
 
+def as_root(*command: str) -> list[str]:
+    return list(command) if os.geteuid() == 0 else ['sudo', '-n', *command]
+
+
+def running_services() -> set[str]:
+    """Return the RabbitMQ node and PostgreSQL clusters running now (``rabbitmq``, ``postgresql <version> <name>``)."""
+    running = set()
+    if shutil.which('rabbitmqctl'):
+        status = subprocess.run(as_root('rabbitmqctl', '-q', 'status'), capture_output=True, check=False, timeout=120)
+        if status.returncode == 0:
+            running.add('rabbitmq')
+    if shutil.which('pg_lsclusters'):
+        clusters = subprocess.run(['pg_lsclusters', '-h'], capture_output=True, text=True, check=False)
+        for line in clusters.stdout.splitlines():
+            version, cluster, _, state, *_ = line.split()
+            if state == 'online':
+                running.add(f'postgresql {version} {cluster}')
+    return running
+
+
+def stop_service(service: str) -> None:
+    if service == 'rabbitmq':
+        subprocess.run(as_root('rabbitmqctl', '-q', 'stop'), capture_output=True, check=True, timeout=300)
+    else:
+        _, version, cluster = service.split()
+        subprocess.run(as_root('pg_ctlcluster', version, cluster, 'stop'), capture_output=True, check=True)
+
+
 @pytest.fixture
 def production_profile(tmp_path):
-    """Yield ``(name, AIIDA_PATH)`` of a PostgreSQL + RabbitMQ profile to create; delete it and its database after."""
+    """Yield ``(name, AIIDA_PATH)`` of a PostgreSQL + RabbitMQ profile to create.
+
+    Afterwards the profile and its database are deleted, and the servers that setup_profile.sh started (those that
+    were not running before) are stopped: the test leaves no server behind.
+    """
     import secrets
 
+    before = running_services()
     name = f'mad-prod-{secrets.token_hex(4)}'
     yield name, tmp_path
     env = {**os.environ, 'AIIDA_PATH': str(tmp_path)}
@@ -84,14 +118,24 @@ def production_profile(tmp_path):
     subprocess.run(
         [verdi, 'profile', 'delete', name, '--delete-data', '--force'], env=env, capture_output=True, check=False
     )
+    started = sorted(running_services() - before)
+    for service in started:
+        stop_service(service)
+    assert not (running_services() - before), f'servers still running after the test: {running_services() - before}'
 
 
 def test_production_profile_postgres_rabbitmq(production_profile):
-    """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, a pw.x run through them, then a no-op."""
+    """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, a pw.x run through them, then a no-op.
+
+    setup_profile.sh installs the Debian packages (postgresql, rabbitmq-server) and starts the servers itself; the
+    fixture stops what it started.
+    """
     name, aiida_path = production_profile
     env = {'AIIDA_PATH': str(aiida_path)}
     first = run_script('--profile', name, '--postgres', '--rabbitmq', env_overrides=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    services = running_services()
+    assert 'rabbitmq' in services and any(service.startswith('postgresql ') for service in services), services
     assert f'profile: {name} (storage core.psql_dos, broker core.rabbitmq)' in first.stdout
     assert (aiida_path / 'postgres-password').stat().st_mode & 0o077 == 0
 

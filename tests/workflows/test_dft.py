@@ -84,7 +84,7 @@ def check_level_of_theory(system: dict, electrons: dict, control: dict, natoms: 
 
 
 def check_finished_outputs(node, *, stress: bool) -> None:
-    """Check that ``node`` finished and has the outputs of the SPEC (stress only for 3D and 2D)."""
+    """Check that ``node`` finished and has every output of MadDftWorkChain (stress only for 3D and 2D)."""
     assert node.is_finished_ok, f'{node.exit_status}: {node.exit_message}'
     expected = {'structure', 'energy', 'forces', 'bands', 'dos', 'properties'} | ({'stress'} if stress else set())
     assert set(node.outputs) == expected
@@ -552,7 +552,8 @@ def hand_made_builder(code, structure, family_label):
             'ELECTRONS': {'conv_thr': 1e-8},
         }
     )
-    builder.scf.pw.metadata.options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}}
+    ranks = code.computer.get_default_mpiprocs_per_machine() or 1
+    builder.scf.pw.metadata.options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': ranks}}
     return builder
 
 
@@ -611,9 +612,11 @@ def test_unknown_override_key_refused(pw_code, offline_family, silicon):
         MadDftWorkChain.get_builder_from_protocol(pw_code, silicon, 'fast', {'ecutwfc': 50})
 
 
-def test_code_without_version_refused(aiida_localhost, aiida_code_installed, offline_family, silicon):
+def test_code_without_version_refused(pw_code, aiida_code_installed, offline_family, silicon):
     code = aiida_code_installed(
-        label='pw-unversioned', default_calc_job_plugin='quantumespresso.pw', filepath_executable='/usr/bin/pw.x'
+        label='pw-unversioned',
+        default_calc_job_plugin='quantumespresso.pw',
+        filepath_executable=str(pw_code.filepath_executable),
     )
     assert code.base.extras.get('mad_code_version', None) is None
     with pytest.raises(ValueError, match=r'aiida-mad setup code-version pw-unversioned@localhost.*mad_code_version'):

@@ -5,6 +5,7 @@ from aiida import orm
 from aiida.engine import run_get_node
 
 from aiida_mad.codes import detect_pw_version, pw_prepend_text
+from aiida_mad.parallelization import choose_parallelization
 from aiida_mad.workflows.dft import CODE_VERSION_EXTRA, MadDftWorkChain
 
 
@@ -43,8 +44,13 @@ def check_went_through_slurm(workchain, slurm_cluster):
     assert info['JobState'] == 'COMPLETED'
     assert info['ExitCode'] == '0:0'
     assert '_scheduler-stdout.txt' in calculation.outputs.retrieved.base.repository.list_object_names()
+    # One rank per CPU of the Slurm node, and the pools the policy makes of them for this structure.
+    recorded = workchain.outputs.properties['parallelization']
+    policy = choose_parallelization(recorded['irreducible_kpoints'], slurm_cluster.cpus)
+    assert recorded == policy.as_dict()
     submit_script = calculation.base.repository.get_object_content('_aiidasubmit.sh')
-    assert '#SBATCH' in submit_script and "'-npool' '2'" in submit_script
+    assert '#SBATCH' in submit_script
+    assert (f"'-npool' '{policy.npool}'" in submit_script) == (policy.npool > 1)
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
@@ -53,7 +59,6 @@ def test_labelling_through_slurm(slurm_cluster, slurm_pw_code, offline_family, s
     _, node = run_get_node(builder)
     check_went_through_slurm(node, slurm_cluster)
     assert node.outputs.energy.value == pytest.approx(-230.22, abs=0.05)
-    assert node.outputs.properties['parallelization']['npool'] == 2
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
