@@ -87,6 +87,7 @@ def test_export_files_round_trip(dataset, exported):
             'atomic-energies.csv',
             *(f'mad-{subset}.aiida' for subset in [*subsets, 'isolated-atom']),
             *(f'mad-{subset}.chemiscope.json.gz' for subset in subsets),
+            '.aiida-mad-export.json',
         ]
     )
     stored = {frame.info['source_uuid']: frame for frame in dataset.frames()}
@@ -136,8 +137,13 @@ def test_export_refuses_an_existing_folder(dataset, run_cli_command, tmp_path):
     result = run_cli_command(['dataset', 'export', NAME, str(target)], raises=True)
     assert 'exists and is not empty' in result.output and '--force' in result.output
     assert [path.name for path in target.iterdir()] == ['keep.txt']
+    result = run_cli_command(['dataset', 'export', NAME, str(target), '--force', '--no-archives'], raises=True)
+    assert 'not written by an aiida-mad export' in result.output  # --force replaces only an earlier export
+    assert [path.name for path in target.iterdir()] == ['keep.txt']
+    (target / 'keep.txt').unlink()
+    run_cli_command(['dataset', 'export', NAME, str(target), '--no-archives'])
     run_cli_command(['dataset', 'export', NAME, str(target), '--force', '--no-archives'])
-    assert not (target / 'keep.txt').exists() and (target / 'mad-train.xyz').exists()
+    assert (target / 'mad-train.xyz').exists()
 
 
 def test_colabfit_export(dataset, run_cli_command, tmp_path):
@@ -170,6 +176,7 @@ def test_record_folder_is_complete(dataset, run_cli_command, tmp_path):
         'mad.report.html',
         'optimade-structures.zip',
         'optimade-properties.csv',
+        '.aiida-mad-export.json',
     }
     assert expected <= names
     assert {f'mad-{subset}.aiida' for subset in dataset.counts} <= names
@@ -396,3 +403,78 @@ print(json.dumps({{'hash': node.content_hash, 'counts': node.counts, 'atomic': n
     assert rebuilt['hash'] == dataset.content_hash
     assert rebuilt['counts'] == dataset.counts
     assert rebuilt['atomic'] == dataset.atomic_energies
+
+
+@pytest.mark.parametrize('command', [['export', NAME], ['record', NAME, *RECORD_ARGS]])
+def test_unwritable_export_paths_are_refused_with_a_message(dataset, run_refused, tmp_path, command):
+    tmp_path = tmp_path / 'clean'  # the labelled fixture may keep its fault-injecting pw.x in tmp_path
+    tmp_path.mkdir()
+    regular = tmp_path / 'a-file'
+    regular.write_text('mine')
+    under_file = regular / 'out'
+    run_refused(['dataset', command[0], command[1], under_file, *command[2:]], f"'{regular}' is a file, not a folder")
+    assert regular.read_text() == 'mine'
+
+    too_long = tmp_path / ('n' * 300)
+    run_refused(['dataset', command[0], command[1], too_long, *command[2:]], 'has 300 bytes', 'allows 255')
+
+    # sysfs refuses new folders even to root: the OSError becomes a one-line message naming the path.
+    run_refused(
+        ['dataset', command[0], command[1], '/sys/mad-export', *command[2:]], '/sys/mad-export', 'not permitted'
+    )
+    assert not pathlib.Path('/sys/mad-export').exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['a-file']
+
+
+@pytest.mark.parametrize(
+    ('content', 'expected'),
+    [
+        ('title: [unclosed\n', 'is not valid YAML (line 2, column 1)'),
+        ('- a\n- list\n', 'holds a YAML list, not a mapping'),
+        ('just text', 'holds a YAML str, not a mapping'),
+        (b'\xff\xfe title', 'is not UTF-8 text'),
+    ],
+)
+def test_record_refuses_a_broken_metadata_file(dataset, run_refused, tmp_path, content, expected):
+    metadata = tmp_path / 'metadata.yml'
+    metadata.write_bytes(content if isinstance(content, bytes) else content.encode())
+    target = tmp_path / 'record'
+    run_refused(['dataset', 'record', NAME, target, '--metadata', metadata], str(metadata), expected)
+    assert not target.exists()
+
+
+def test_report_and_query_refuse_unwritable_files(dataset, run_refused, tmp_path):
+    tmp_path = tmp_path / 'clean'
+    tmp_path.mkdir()
+    regular = tmp_path / 'a-file'
+    regular.write_text('mine')
+    run_refused(['dataset', 'report', NAME, regular / 'report.html'], 'is a file, not a folder')
+    run_refused(['query', 'frames', NAME, '--xyz', regular / 'frames.xyz'], 'is a file, not a folder')
+    run_refused(['query', 'frames', NAME, '--xyz', tmp_path / ('x' * 300)], 'has 300 bytes')
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['a-file']
+
+
+def test_record_describes_the_fractions_of_the_dataset(labelled, run_cli_command, tmp_path):
+    name = 'cli-dataset-halves'
+    try:
+        load_dataset(name)
+    except ValueError:
+        run_cli_command(['dataset', 'build', name, *GROUP_ARGS, '--split', '0.5', '0.25', '0.25'])
+    target = tmp_path / 'record'
+    run_cli_command(['dataset', 'record', name, target, *RECORD_ARGS])
+    metadata = yaml.safe_load((target / 'metadata.yml').read_text())
+    assert 'split 50:25:25 (train:val:test)' in metadata['description']
+
+
+@pytest.mark.parametrize(
+    ('arguments', 'expected'),
+    [
+        (['build', 'x', *GROUP_ARGS, '--outlier-max-force', 'mc3d=nan'], 'a positive number'),
+        (['build', 'x', *GROUP_ARGS, '--outlier-max-force', 'mc3d=-1'], 'a positive number'),
+        (['build', 'x' * 5000, *GROUP_ARGS], 'invalid dataset name'),
+        (['build', 'a;rm -rf ~', *GROUP_ARGS], 'invalid dataset name'),
+        (['show', ''], "unknown dataset ''"),
+    ],
+)
+def test_more_bad_input_is_refused(labelled, run_refused, arguments, expected):
+    run_refused(['dataset', *arguments], expected)
