@@ -130,11 +130,14 @@ def run_cli_command():
 
 
 @pytest.fixture
-def crash_code(aiida_localhost, pw_code, tmp_path):
-    """Return a code whose 'pw.x' dies before starting: the work chain still writes and uploads the real input."""
+def crash_code(pw_code, tmp_path_factory):
+    """Return a code whose 'pw.x' dies before starting: the work chain still writes and uploads the real input.
+
+    Its wrapper script lives in a folder of its own, not in the test's ``tmp_path``, which stays the test's alone.
+    """
     from tests.fixtures.fake_pw.utils import fault_code
 
-    return fault_code(pw_code, 'crash', directory=tmp_path)
+    return fault_code(pw_code, 'crash', directory=tmp_path_factory.mktemp('crash-code'))
 
 
 @pytest.fixture
