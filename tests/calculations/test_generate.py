@@ -70,7 +70,7 @@ def test_bulk_link_path_records_what_the_plain_calcfunction_records(bulk_seeds):
     bulk_outputs, bulk_node = run_generate_structures(**generation.batch_inputs(items))
 
     assert bulk_node.process_type == plain_node.process_type == 'aiida.calculations:mad.generate_structures'
-    assert bulk_node.process_class is plain_node.process_class is generate_structures.process_class
+    assert bulk_node.process_class is plain_node.process_class is generate_structures
     assert bulk_node.process_label == plain_node.process_label
     assert bulk_node.base.attributes.all == plain_node.base.attributes.all
     assert bulk_node.base.repository.list_object_names() == plain_node.base.repository.list_object_names()
