@@ -90,7 +90,7 @@ def choose_seed(uuids, fractions) -> int:
     raise AssertionError(f'no seed below 1000 splits {len(uuids)} frames into {sorted(wanted)}')
 
 
-def training_dataset(labelled, *, name: str = 'train-test'):
+def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = False):
     """Return a ``mad.dataset`` of the labelled data (Si, 2 rattled Si, H2) with train, val and test frames."""
     cached = _load(name)
     if cached is not None:
@@ -106,6 +106,7 @@ def training_dataset(labelled, *, name: str = 'train-test'):
     builder.groups = orm.List(list(DFT_GROUPS.values()))
     builder.seed = orm.Int(seed)
     builder.fractions = orm.List(fractions)
+    builder.include_dos = orm.Bool(include_dos)
     _, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     dataset = node.outputs.dataset

@@ -3,16 +3,20 @@
 from .dataset import cmd_dataset
 from .demo import cmd_demo
 from .dft import cmd_dft
+from .model import cmd_model
 from .query import cmd_query
 from .root import cmd_root
 from .setup import cmd_setup
 from .structures import cmd_structures
+from .train import cmd_train
 
 cmd_root.add_command(cmd_dataset)
 cmd_root.add_command(cmd_demo)
 cmd_root.add_command(cmd_dft)
+cmd_root.add_command(cmd_model)
 cmd_root.add_command(cmd_query)
 cmd_root.add_command(cmd_setup)
 cmd_root.add_command(cmd_structures)
+cmd_root.add_command(cmd_train)
 
 __all__ = ('cmd_root',)

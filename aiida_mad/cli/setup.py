@@ -48,7 +48,14 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
 
     codes = [
         ('pw', pw_executable, 'quantumespresso.pw', True, pw_prepend_text(), 'Quantum ESPRESSO pw.x'),
-        ('mtt', str(pathlib.Path(bin_dir) / 'mtt'), None, False, 'export OMP_NUM_THREADS=1', 'metatrain `mtt`'),
+        (
+            'mtt',
+            str(pathlib.Path(bin_dir) / 'mtt'),
+            'mad.metatrain',
+            False,
+            'export OMP_NUM_THREADS=1',
+            'metatrain `mtt`',
+        ),
         ('mace', str(pathlib.Path(bin_dir) / 'mace_run_train'), None, False, '', 'MACE training'),
     ]
     changed = False

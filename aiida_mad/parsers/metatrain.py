@@ -238,7 +238,7 @@ class MetatrainParser(Parser):
             finetune = parameters['architecture'].get('training', {}).get('finetune')
             if finetune:
                 record['finetune'] = {key: value for key, value in finetune.items() if key != 'read_from'}
-            allowed = inputs.get('allow_fingerprint_mismatch')
+            allowed = inputs.allow_fingerprint_mismatch if 'allow_fingerprint_mismatch' in inputs else None
             record['fingerprint_mismatch_allowed'] = bool(allowed is not None and allowed.value)
         if 'restart' in inputs:
             record['restarted_from'] = {

@@ -1,0 +1,134 @@
+"""``aiida-mad train pet|dos DATASET``: train PET or PET-MAD-DOS on a dataset with the ``mad.train`` work chain."""
+
+import click
+from aiida.cmdline.params import types as core_types
+from aiida.cmdline.utils import decorators, echo
+
+from .utils import require_daemon
+
+PET_PROTOCOLS = ('pet-mad', 'lora', 'llpr', 'tiny')
+DOS_PROTOCOLS = ('pet-mad-dos', 'tiny-dos')
+
+
+def _load_dataset(ctx, param, value):
+    """Load the dataset named (or with the pk or uuid) ``value``; a clear error otherwise."""
+    if value is None:
+        return None
+    from aiida_mad.workflows.dataset import load_dataset
+
+    try:
+        return load_dataset(value)
+    except ValueError as exception:
+        raise click.BadParameter(str(exception), param=param) from None
+
+
+def _load_model(ctx, param, value):
+    """Load the ``mad.model`` ``value`` (pk, uuid or label); a clear error otherwise."""
+    if value is None:
+        return None
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from aiida_mad.data.model import ModelData
+
+    try:
+        node = orm.load_node(value)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        raise click.BadParameter(f'no model {value!r}: {exception}', param=param) from None
+    if not isinstance(node, ModelData):
+        raise click.BadParameter(f'node {value!r} is a {type(node).__name__}, not a mad.model', param=param)
+    return node
+
+
+def _options(protocols: tuple[str, ...]):
+    def decorator(function):
+        for option in reversed(
+            [
+                click.argument('dataset', callback=_load_dataset),
+                click.option(
+                    '-p',
+                    '--protocol',
+                    type=click.Choice(protocols),
+                    default=protocols[0],
+                    show_default=True,
+                    help='Training protocol (protocols/metatrain.yaml).',
+                ),
+                click.option(
+                    '-X',
+                    '--code',
+                    type=core_types.CodeParamType(entry_point='mad.metatrain'),
+                    default='mtt@localhost',
+                    show_default=True,
+                    help='The `mtt` code.',
+                ),
+                click.option('--gpus', type=click.IntRange(min=1), help='GPUs per node (Slurm computer, srun).'),
+                click.option('--restart', callback=_load_model, help='Continue the training of this model.'),
+                click.option('--finetune', callback=_load_model, help='Base model for the lora and llpr protocols.'),
+                click.option(
+                    '--allow-fingerprint-mismatch',
+                    is_flag=True,
+                    help='Fine-tune across levels of theory (recorded on the model).',
+                ),
+                click.option('--name', help='Model name: the model goes to group mad/models/NAME.'),
+                click.option('--wait', is_flag=True, help='Follow the training until it ends.'),
+            ]
+        ):
+            function = option(function)
+        return function
+
+    return decorator
+
+
+@click.group('train')
+def cmd_train():
+    """Train models on a dataset (metatrain, as an AiiDA work chain that restarts from checkpoints)."""
+
+
+def _submit(dataset, protocol, code, gpus, restart, finetune, allow_fingerprint_mismatch, name, wait, *, total):
+    from aiida.engine import submit
+
+    from aiida_mad.workflows.train import TrainWorkChain
+
+    try:
+        builder = TrainWorkChain.get_builder_from_protocol(
+            code,
+            dataset,
+            protocol,
+            base_model=finetune,
+            restart=restart,
+            total_energy=total,
+            allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+            gpus=gpus,
+            name=name,
+        )
+    except (ValueError, TypeError) as exception:
+        echo.echo_critical(str(exception))
+    require_daemon()
+    node = submit(builder)
+    echo.echo_report(f'submitted TrainWorkChain<{node.pk}>: {node.label}')
+    echo.echo_report(f'follow it with `verdi process report {node.pk}` or `aiida-mad model show {node.pk}`')
+    if wait:
+        from .model import follow
+
+        follow(node)
+
+
+@cmd_train.command('pet')
+@_options(PET_PROTOCOLS)
+@click.option('--total-energy', is_flag=True, help='Train on total energies instead of baseline-subtracted ones.')
+@decorators.with_dbenv()
+def cmd_train_pet(
+    dataset, protocol, code, gpus, restart, finetune, allow_fingerprint_mismatch, name, wait, total_energy
+):
+    """Train PET (energy, forces, stress) on DATASET (name, pk or uuid)."""
+    _submit(
+        dataset, protocol, code, gpus, restart, finetune, allow_fingerprint_mismatch, name, wait, total=total_energy
+    )
+
+
+@cmd_train.command('dos')
+@_options(DOS_PROTOCOLS)
+@decorators.with_dbenv()
+def cmd_train_dos(dataset, protocol, code, gpus, restart, finetune, allow_fingerprint_mismatch, name, wait):
+    """Train PET-MAD-DOS (the electronic DOS per structure) on DATASET (name, pk or uuid)."""
+    _submit(dataset, protocol, code, gpus, restart, finetune, allow_fingerprint_mismatch, name, wait, total=False)
