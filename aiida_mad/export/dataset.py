@@ -68,6 +68,7 @@ def export_dataset(
     archives: bool = True,
     chemiscope: bool = True,
     colabfit_metadata: Mapping | None = None,
+    private_data: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write the exports of ``dataset`` into the new folder ``directory``.
 
@@ -76,6 +77,8 @@ def export_dataset(
     ``colabfit``: the ColabFit data-standard files.
 
     :param missing_stress: ``'nan'`` (metatrain masks it) or ``'omit'`` (MACE) for frames without stress.
+    :param private_data: keep computer setup texts, local paths, submit scripts and emails in the AiiDA archives
+        (by default they are scrubbed for publication: :func:`aiida_mad.export.archive.scrub_archive`).
     :return: ``{file name: path}``.
     """
     if fmt not in FORMATS:
@@ -99,14 +102,27 @@ def export_dataset(
 
     with staged_folder(directory, force=force, error=ExportError) as staging:
         write_export_files(
-            dataset, staging, prefix=prefix, missing_stress=missing_stress, archives=archives, chemiscope=chemiscope
+            dataset,
+            staging,
+            prefix=prefix,
+            missing_stress=missing_stress,
+            archives=archives,
+            chemiscope=chemiscope,
+            private_data=private_data,
         )
         names = sorted(path.name for path in staging.iterdir())
     return {name: pathlib.Path(directory).absolute() / name for name in names}
 
 
 def write_export_files(
-    dataset, folder: pathlib.Path, *, prefix: str, missing_stress: str, archives: bool, chemiscope: bool
+    dataset,
+    folder: pathlib.Path,
+    *,
+    prefix: str,
+    missing_stress: str,
+    archives: bool,
+    chemiscope: bool,
+    private_data: bool = False,
 ) -> None:
     """Write the ``xyz`` exports of ``dataset`` into the existing, empty ``folder``."""
     from aiida_mad.dataset.atomic_energies import write_atomic_energies_csv
@@ -123,7 +139,7 @@ def write_export_files(
     if archives:
         from aiida_mad.export.archive import export_subset_archives
 
-        export_subset_archives(dft_workchains_by_subset(dataset), folder, prefix=prefix)
+        export_subset_archives(dft_workchains_by_subset(dataset), folder, prefix=prefix, private_data=private_data)
 
 
 def dataset_metadata_defaults(dataset) -> dict:
