@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 
+from aiida_mad.calculations.dataset import build_dataset
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.dataset.frames import content_hash
 from aiida_mad.dataset.splits import assign_split
@@ -99,6 +100,8 @@ def test_selection_record_counts_exclusions_per_subset(dataset, labelled):
 def test_dataset_is_linked_to_every_result_it_used(dataset, labelled):
     creator = dataset.creator
     assert creator.process_label == 'build_dataset'
+    assert creator.process_type == 'aiida.calculations:mad.build_dataset'  # loads back however the code moves
+    assert creator.process_class is build_dataset
     inputs = {link.node.pk for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()}
     for subset in labelled.used:
         for node in labelled.nodes(subset):
@@ -108,7 +111,7 @@ def test_dataset_is_linked_to_every_result_it_used(dataset, labelled):
     duplicate = orm.load_node(labelled.duplicate)
     assert duplicate.outputs.energy.pk not in inputs
     (workchain,) = [link.node for link in creator.base.links.get_incoming(link_type=LinkType.CALL_CALC).all()]
-    assert workchain.process_label == 'DatasetWorkChain'
+    assert workchain.process_type == 'aiida.workflows:mad.dataset' and workchain.process_class is DatasetWorkChain
     group = orm.load_group(f'mad/datasets/{dataset.name}')
     assert dataset.pk in {node.pk for node in group.nodes}
 
