@@ -49,7 +49,7 @@ def frames():
                 subset='mc3d-rattled',
                 split=split,
                 source_uuid=str(uuid.UUID(int=index + 1)),
-                fingerprint='0' * 64,
+                fingerprint='e' * 64,
             )
         )
     return result
