@@ -135,14 +135,14 @@ def test_empty_or_foreign_groups_are_refused(run_refused, dft_args, command):
 @pytest.mark.parametrize(
     ('label', 'expected'),
     [
-        ('', 'cannot be empty'),
-        ('   ', 'cannot be empty'),
-        (LONG_LABEL, 'at most 255 characters'),
-        ('bad\nlabel', 'control characters (U+000A)'),
-        ('tab\tlabel', 'U+0009'),
-        ('mad//dft', 'empty path component'),
-        ('mad/dft/', 'empty path component'),
-        (' padded', 'white space'),
+        pytest.param('', 'cannot be empty', id='empty'),
+        pytest.param('   ', 'cannot be empty', id='blank'),
+        pytest.param(LONG_LABEL, 'at most 255 characters', id='5000-characters'),
+        pytest.param('bad\nlabel', 'control characters (U+000A)', id='newline'),
+        pytest.param('tab\tlabel', 'U+0009', id='tab'),
+        pytest.param('mad//dft', 'empty path component', id='double-slash'),
+        pytest.param('mad/dft/', 'empty path component', id='trailing-slash'),
+        pytest.param(' padded', 'white space', id='padded'),
     ],
 )
 def test_bad_group_labels_are_refused(run_refused, dft_args, label, expected):
