@@ -3,6 +3,7 @@
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -76,13 +77,21 @@ def as_root(*command: str) -> list[str]:
     return list(command) if os.geteuid() == 0 else ['sudo', '-n', *command]
 
 
+def listening(port: int) -> bool:
+    """Return whether a server accepts connections on ``port`` of this machine (asking starts nothing)."""
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def running_services() -> set[str]:
-    """Return the RabbitMQ node and PostgreSQL clusters running now (``rabbitmq``, ``postgresql <version> <name>``)."""
-    running = set()
-    if shutil.which('rabbitmqctl'):
-        status = subprocess.run(as_root('rabbitmqctl', '-q', 'status'), capture_output=True, check=False, timeout=120)
-        if status.returncode == 0:
-            running.add('rabbitmq')
+    """Return the servers running now: ``rabbitmq``, ``epmd``, ``postgresql <version> <cluster>``.
+
+    RabbitMQ and Erlang's port mapper are found by their ports: ``rabbitmqctl`` itself would start ``epmd``.
+    """
+    running = {name for name, port in (('rabbitmq', 5672), ('epmd', 4369)) if listening(port)}
     if shutil.which('pg_lsclusters'):
         clusters = subprocess.run(['pg_lsclusters', '-h'], capture_output=True, text=True, check=False)
         for line in clusters.stdout.splitlines():
@@ -95,6 +104,8 @@ def running_services() -> set[str]:
 def stop_service(service: str) -> None:
     if service == 'rabbitmq':
         subprocess.run(as_root('rabbitmqctl', '-q', 'stop'), capture_output=True, check=True, timeout=300)
+    elif service == 'epmd':
+        subprocess.run(as_root('epmd', '-kill'), capture_output=True, check=True, timeout=60)
     else:
         _, version, cluster = service.split()
         subprocess.run(as_root('pg_ctlcluster', version, cluster, 'stop'), capture_output=True, check=True)
@@ -118,7 +129,8 @@ def production_profile(tmp_path):
     subprocess.run(
         [verdi, 'profile', 'delete', name, '--delete-data', '--force'], env=env, capture_output=True, check=False
     )
-    started = sorted(running_services() - before)
+    # The broker first: stopping it runs rabbitmqctl, which needs (and may start) epmd.
+    started = sorted(running_services() - before, key=lambda service: service == 'epmd')
     for service in started:
         stop_service(service)
     assert not (running_services() - before), f'servers still running after the test: {running_services() - before}'
