@@ -110,6 +110,11 @@ def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = 
     _, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     dataset = node.outputs.dataset
+    frames = dataset.frames()
+    for split in ('train', 'val', 'test'):
+        # metatrain divides by the number of stress values of a split: each split needs a periodic frame.
+        chosen = [(frame.info['subset'], 'stress' in frame.info) for frame in frames if frame.info['split'] == split]
+        assert any(has_stress for _, has_stress in chosen), f'seed {seed}: split {split} is {chosen}'
     _CACHE[name] = dataset.uuid
     return dataset
 

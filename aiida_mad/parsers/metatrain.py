@@ -166,6 +166,11 @@ class MetatrainParser(Parser):
             return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(files=', '.join(missing))
 
         results = self._results(log, arrays, columns, last_epoch)
+        if error_log:
+            # The model and checkpoint were written, then metatrain's final evaluation failed (e.g. a split whose
+            # frames all lack stress): keep the model, and say which errors are missing and why.
+            results['final_evaluation_failed'] = _exception_line(error_log)
+            self.logger.warning(f'final evaluation failed: {results["final_evaluation_failed"]}')
         model = self._model_node(results)
         self.out('model', model)
         self.out('results', orm.Dict(results))

@@ -127,6 +127,7 @@ def test_real_training_energy_forces_stress(mtt, dataset):
     assert attributes['fingerprint'] == dataset.fingerprint
     assert attributes['epochs'] == 3
     assert attributes['n_parameters'] >= attributes['n_trainable_parameters'] > 0
+    assert 'final_evaluation_failed' not in attributes, attributes['final_evaluation_failed']
     for split in ('train', 'val', 'test'):
         errors = attributes['errors'][split]
         assert errors['energy RMSE (per atom) (meV)'] >= 0

@@ -224,11 +224,11 @@ def test_metrics_are_finite(mtt, dataset):
     assert np.all(np.isfinite(trained(mtt, dataset).outputs.metrics.get_array('training_loss')))
 
 
-def _state(path):
+def _state(path, key='model_state_dict'):
     import metatomic.torch  # noqa: F401
     import torch
 
-    return torch.load(path, weights_only=False, map_location='cpu')['model_state_dict']
+    return torch.load(path, weights_only=False, map_location='cpu')[key]
 
 
 def test_lora_finetune_trains_only_the_adapters(mtt, dataset):
@@ -260,7 +260,7 @@ def test_lora_finetune_trains_only_the_adapters(mtt, dataset):
     assert attributes['fingerprint_mismatch_allowed'] is False
     assert 0 < attributes['n_trainable_parameters'] < attributes['n_parameters']
     with base.outputs.checkpoint.as_path() as path:
-        before = _state(path)
+        before = _state(path, 'best_model_state_dict')  # what fine-tuning starts from
     with node.outputs.checkpoint.as_path() as path:
         after = _state(path)
     adapters = [name for name in after if '.lora_' in name]
