@@ -3,6 +3,7 @@
 from .dataset import cmd_dataset
 from .demo import cmd_demo
 from .dft import cmd_dft
+from .mace import cmd_model_predict, cmd_train_committee, cmd_train_mace
 from .model import cmd_model
 from .query import cmd_query
 from .root import cmd_root
@@ -18,5 +19,8 @@ cmd_root.add_command(cmd_query)
 cmd_root.add_command(cmd_setup)
 cmd_root.add_command(cmd_structures)
 cmd_root.add_command(cmd_train)
+cmd_train.add_command(cmd_train_mace)
+cmd_train.add_command(cmd_train_committee)
+cmd_model.add_command(cmd_model_predict)
 
 __all__ = ('cmd_root',)

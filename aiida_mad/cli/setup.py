@@ -35,7 +35,7 @@ def cmd_setup():
 )
 @decorators.with_dbenv()
 def cmd_setup_localhost(computer, pw_executable, bin_dir):
-    """Create codes pw, mtt and mace on COMPUTER and install the offline PBEsol family; a second run changes nothing.
+    """Create codes pw, mtt, mace, aiida-mad-predict on COMPUTER, install the offline PBEsol family; idempotent.
 
     Codes that exist are kept (and checked to point at the same executable); nothing is replaced.
     """
@@ -56,7 +56,15 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
             'export OMP_NUM_THREADS=1',
             'metatrain `mtt`',
         ),
-        ('mace', str(pathlib.Path(bin_dir) / 'mace_run_train'), None, False, '', 'MACE training'),
+        ('mace', str(pathlib.Path(bin_dir) / 'mace_run_train'), 'mad.mace', False, '', 'MACE training'),
+        (
+            'aiida-mad-predict',
+            str(pathlib.Path(bin_dir) / 'aiida-mad-predict'),
+            'mad.predict',
+            False,
+            '',
+            'batched prediction with trained models (mad.predict)',
+        ),
     ]
     changed = False
     cores = os.cpu_count() or 1

@@ -1,0 +1,286 @@
+"""``PredictCalculation`` (``mad.predict``): one or N models on a set of structures, in batches, as a CalcJob.
+
+The calculation runs the ``aiida-mad-predict`` console script (:mod:`aiida_mad.inference.script`, installed with
+the package; it needs no AiiDA database) on the compute node, on CPU or GPU (``parameters.device``).
+
+What it predicts on
+    Either a ``mad.dataset`` (input ``dataset``, optionally one ``split``: its shards are copied as they are, no
+    per-frame load) or any structures (namespace ``structures`` of ``StructureData``: a structure group, candidate
+    structures), written to one extended-XYZ file with each structure's uuid.
+
+Models
+    Namespace ``models`` of ``mad.model`` nodes, in the order of their keys: exported metatrain models (``model.pt``,
+    run through metatomic) and MACE models (run through MACE's own batched data loader), mixed as needed. The
+    models of one calculation must share their energy reference (``total`` or ``baseline_subtracted``): the
+    committee mean of energies on different references means nothing.
+
+Outputs, keyed by structure uuid (array ``uuids``, in the order of the structures)
+    ``predictions`` (``ArrayData``): ``uuids``, ``natoms``, ``offsets`` and, models first, ``energy`` and
+    ``energy_per_atom`` ``(M, n)``, ``forces`` ``(M, n_atoms, 3)`` (the structures' atoms concatenated, structure
+    ``i`` in rows ``offsets[i]:offsets[i + 1]``), ``stress`` ``(M, n, 3, 3)`` (NaN for a structure not periodic in
+    all three directions); attribute ``models`` lists the model uuids in order. ``committee`` (``ArrayData``, for
+    two models or more): ``uuids``, ``energy_per_atom_mean``, ``energy_per_atom_std``, ``forces_mean``,
+    ``stress_mean`` (Voigt), ``force_std_max`` (max over atoms of the force deviation) and ``stress_std_max``, by
+    :func:`aiida_mad.learning.committee.committee_statistics`. ``results`` (``Dict``): counts, model kinds, timings.
+    :func:`predictions_by_uuid` reads them back as one dictionary per structure.
+
+Before anything is stored or submitted (:func:`validate_inputs`): every model file is a model of a known kind (a
+file of another kind is refused, by name), the references agree, and no structure has an element that a model was
+not trained on (refused naming the structure, the element and the model).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.common import CalcInfo, CodeInfo
+from aiida.engine import CalcJob
+
+from aiida_mad.data.dataset import DatasetData
+from aiida_mad.data.model import ModelData
+
+__all__ = (
+    'CONFIG_FILE',
+    'DEFAULT_PARAMETERS',
+    'OUTPUT_FILE',
+    'PredictCalculation',
+    'model_elements',
+    'models_order',
+    'predictions_by_uuid',
+)
+
+CONFIG_FILE = 'predict.json'
+OUTPUT_FILE = 'predictions.npz'
+INFO_FILE = 'predict-info.json'
+STRUCTURES_FILE = 'structures.xyz'
+STDOUT_FILE = 'predict.out'
+STDERR_FILE = 'predict.err'
+#: Defaults of the ``parameters`` input.
+DEFAULT_PARAMETERS = {'batch_size': 16, 'device': 'cpu'}
+#: Per-model arrays of the ``predictions`` output.
+PREDICTION_ARRAYS = ('uuids', 'natoms', 'offsets', 'energy', 'energy_per_atom', 'forces', 'stress')
+#: Arrays of the ``committee`` output (with ``uuids`` and ``offsets``).
+COMMITTEE_ARRAYS = (
+    'energy_per_atom_mean',
+    'energy_per_atom_std',
+    'forces_mean',
+    'stress_mean',
+    'force_std_max',
+    'stress_std_max',
+)
+
+
+def get_parameters(parameters: dict | None) -> dict:
+    """Return ``parameters`` merged over :data:`DEFAULT_PARAMETERS`, after checking keys and values.
+
+    :raises ValueError: naming the unknown key or the bad value.
+    """
+    parameters = dict(parameters or {})
+    unknown = sorted(set(parameters) - set(DEFAULT_PARAMETERS))
+    if unknown:
+        raise ValueError(f'unknown parameters key(s) {unknown}: allowed are {sorted(DEFAULT_PARAMETERS)}')
+    merged = {**DEFAULT_PARAMETERS, **parameters}
+    if not isinstance(merged['batch_size'], int) or merged['batch_size'] < 1:
+        raise ValueError(f'parameters.batch_size must be a positive integer, got {merged["batch_size"]!r}')
+    if not isinstance(merged['device'], str) or merged['device'].split(':')[0] not in ('cpu', 'cuda'):
+        raise ValueError(f"parameters.device must be 'cpu' or 'cuda', got {merged['device']!r}")
+    return merged
+
+
+def model_elements(model: ModelData) -> list[str]:
+    """Return the elements ``model`` was trained on: attribute ``elements``, else read from the model file.
+
+    :raises ValueError: naming the node if its file is not a model of a known kind.
+    """
+    elements = model.base.attributes.get('elements', None)
+    if elements:
+        return list(elements)
+    from aiida_mad.inference.models import ModelFileError
+    from aiida_mad.inference.models import model_elements as file_elements
+
+    with model.as_path() as path:
+        try:
+            return file_elements(path)
+        except ModelFileError as exception:
+            raise ValueError(f'model {model.pk} ({model.filename}): {exception}') from None
+
+
+def _model_kind(model: ModelData) -> str:
+    return 'mace' if model.base.attributes.get('architecture', None) == 'mace' else 'metatomic'
+
+
+def _ordered_models(models) -> list[tuple[str, ModelData]]:
+    return sorted(models.items())
+
+
+def _dataset_elements(dataset: DatasetData, split: str | None) -> dict[str, set[str]]:
+    """Return ``{source uuid: elements}`` of the dataset's frames (of ``split`` only when given)."""
+    from ase.data import chemical_symbols
+
+    index = dataset.index()
+    offsets = index['offsets']
+    result = {}
+    for position, uuid in enumerate(index['source_uuid']):
+        if split is not None and index['split'][position] != split:
+            continue
+        numbers = index['numbers'][offsets[position] : offsets[position + 1]]
+        result[str(uuid)] = {chemical_symbols[int(number)] for number in set(numbers.tolist())}
+    return result
+
+
+def validate_inputs(value, _):
+    """Check the models and the structures before anything is stored or submitted."""
+    models = value.get('models') or {}
+    dataset = value.get('dataset')
+    structures = value.get('structures') or {}
+    if not models:
+        return 'give at least one model in the `models` namespace'
+    if (dataset is None) == (not structures):
+        return 'give either a `dataset` or `structures`, not both and not neither'
+    split = value['split'].value if 'split' in value else None
+    if split is not None and dataset is None:
+        return '`split` selects frames of a `dataset`; none was given'
+    if split is not None and split not in ('train', 'val', 'test'):
+        return f"split must be 'train', 'val' or 'test', got {split!r}"
+    try:
+        get_parameters(value['parameters'].get_dict() if 'parameters' in value else None)
+        references = {key: model.base.attributes.get('energy_reference', None) for key, model in models.items()}
+        if len({reference for reference in references.values() if reference is not None}) > 1:
+            return f'the models predict energies on different references: {references}'
+        known = {key: set(model_elements(model)) for key, model in _ordered_models(models)}
+    except ValueError as exception:
+        return str(exception)
+    if dataset is not None:
+        targets = _dataset_elements(dataset, split)
+        if not targets:
+            return f'dataset {dataset.name} (pk {dataset.pk}) has no frames in split {split}'
+        label = 'frame of structure {uuid} in dataset ' + f'{dataset.name}'
+    else:
+        targets = {node.uuid: set(node.get_symbols_set()) for node in structures.values()}
+        label = 'structure {uuid}'
+    for key, elements in known.items():
+        for uuid, present in targets.items():
+            unknown = sorted(present - elements)
+            if unknown:
+                return (
+                    f'{label.format(uuid=uuid)} has {", ".join(unknown)}, which model `{key}` (pk {models[key].pk}) '
+                    f'was not trained on (it knows {", ".join(sorted(elements))})'
+                )
+    return None
+
+
+def predictions_by_uuid(predictions: orm.ArrayData, committee: orm.ArrayData | None = None) -> dict[str, dict]:
+    """Return ``{structure uuid: {energy_per_atom, forces, stress, ...}}`` from the outputs of ``mad.predict``.
+
+    Per-model values keep the model axis first: ``energy_per_atom`` ``(M,)``, ``forces`` ``(M, natoms, 3)``,
+    ``stress`` ``(M, 3, 3)``; with the ``committee`` output, its values for the structure are added.
+    """
+    arrays = {name: predictions.get_array(name) for name in PREDICTION_ARRAYS}
+    offsets = arrays['offsets']
+    statistics = {name: committee.get_array(name) for name in COMMITTEE_ARRAYS} if committee is not None else {}
+    result = {}
+    for index, uuid in enumerate(arrays['uuids']):
+        atoms = slice(int(offsets[index]), int(offsets[index + 1]))
+        entry = {
+            'natoms': int(arrays['natoms'][index]),
+            'energy': arrays['energy'][:, index],
+            'energy_per_atom': arrays['energy_per_atom'][:, index],
+            'forces': arrays['forces'][:, atoms],
+            'stress': arrays['stress'][:, index],
+        }
+        for name, values in statistics.items():
+            entry[name] = values[atoms] if name == 'forces_mean' else values[index]
+        result[str(uuid)] = entry
+    return result
+
+
+class PredictCalculation(CalcJob):
+    """Predict energies, forces and stresses of structures with one model or a committee, in batches."""
+
+    _DEFAULT_PARSER = 'mad.predict'
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.input_namespace('models', valid_type=ModelData, dynamic=True, help='The models (`mad.model`), by key.')
+        spec.input('dataset', valid_type=DatasetData, required=False, help='Predict the frames of this dataset.')
+        spec.input('split', valid_type=orm.Str, required=False, help='Only the frames of this split of `dataset`.')
+        spec.input_namespace(
+            'structures', valid_type=orm.StructureData, dynamic=True, required=False, help='Predict these structures.'
+        )
+        spec.input(
+            'parameters', valid_type=orm.Dict, required=False, help='`batch_size` (16) and `device` (cpu or cuda).'
+        )
+        spec.inputs.validator = validate_inputs
+        spec.inputs['metadata']['options']['parser_name'].default = cls._DEFAULT_PARSER
+        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        spec.inputs['metadata']['options']['withmpi'].default = False
+        spec.inputs['metadata']['options']['output_filename'].default = STDOUT_FILE
+
+        spec.output('predictions', valid_type=orm.ArrayData, help='Per-model predictions, keyed by `uuids`.')
+        spec.output('committee', valid_type=orm.ArrayData, required=False, help='Committee means and sigmas.')
+        spec.output('results', valid_type=orm.Dict, required=False, help='Counts, model kinds and timings.')
+        spec.default_output_node = 'results'
+
+        spec.exit_code(301, 'ERROR_MISSING_OUTPUT_FILES', message='aiida-mad-predict wrote no {files}.')
+        spec.exit_code(302, 'ERROR_INVALID_INPUT', message='aiida-mad-predict refused the input: {message}')
+        spec.exit_code(350, 'ERROR_PREDICTION_FAILED', message='aiida-mad-predict failed: {message}')
+
+    def prepare_for_submission(self, folder):
+        """Write ``predict.json`` (and the structures), copy the models and shards, and return the calculation info."""
+        import ase.io
+
+        parameters = get_parameters(self.inputs.parameters.get_dict() if 'parameters' in self.inputs else None)
+        local_copy_list = []
+        model_files = []
+        for index, (_, model) in enumerate(_ordered_models(self.inputs.models)):
+            suffix = 'model' if _model_kind(model) == 'mace' else 'pt'
+            name = f'model-{index}.{suffix}'
+            local_copy_list.append((model.uuid, model.filename, name))
+            model_files.append(name)
+        config = {
+            'models': model_files,
+            'shards': [],
+            'structures': [],
+            'split': None,
+            'batch_size': parameters['batch_size'],
+            'device': parameters['device'],
+            'output': OUTPUT_FILE,
+        }
+        if 'dataset' in self.inputs:
+            dataset = self.inputs.dataset
+            for name in dataset.shard_names():
+                local_copy_list.append((dataset.uuid, name, name))
+                config['shards'].append(name)
+            config['split'] = self.inputs.split.value if 'split' in self.inputs else None
+        else:
+            frames = []
+            for _, node in sorted(self.inputs.structures.items()):
+                atoms = node.get_ase()
+                atoms.info = {'source_uuid': node.uuid}
+                frames.append(atoms)
+            with folder.open(STRUCTURES_FILE, 'w') as handle:
+                ase.io.write(handle, frames, format='extxyz')
+            config['structures'] = [STRUCTURES_FILE]
+        with folder.open(CONFIG_FILE, 'w') as handle:
+            json.dump(config, handle, indent=2)
+
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [CONFIG_FILE]
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.stderr_name = STDERR_FILE
+
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = local_copy_list
+        calcinfo.retrieve_list = [STDOUT_FILE, STDERR_FILE, INFO_FILE]
+        calcinfo.retrieve_temporary_list = [OUTPUT_FILE]
+        return calcinfo
+
+
+def models_order(node) -> list[str]:
+    """Return the uuids of the models of a ``mad.predict`` calculation node, in the order of the arrays."""
+    return [model.uuid for _, model in _ordered_models(node.inputs.models)]

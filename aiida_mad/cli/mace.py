@@ -1,0 +1,187 @@
+"""``aiida-mad train mace|committee DATASET`` and ``aiida-mad model predict MODEL...``.
+
+The commands are registered on the ``train`` and ``model`` groups in :mod:`aiida_mad.cli`.
+"""
+
+import click
+from aiida.cmdline.params import types as core_types
+from aiida.cmdline.utils import decorators, echo
+
+from .train import _load_dataset, _load_model
+from .utils import require_daemon
+
+MACE_PROTOCOLS = ('mace-mp-large', 'mace-small', 'tiny')
+
+
+def _load_models(ctx, param, values):
+    return tuple(_load_model(ctx, param, value) for value in values)
+
+
+def _mace_code_option():
+    return click.option(
+        '-X',
+        '--code',
+        type=core_types.CodeParamType(entry_point='mad.mace'),
+        default='mace@localhost',
+        show_default=True,
+        help='The `mace_run_train` code.',
+    )
+
+
+@click.command('mace')
+@click.argument('dataset', callback=_load_dataset)
+@click.option('-p', '--protocol', type=click.Choice(MACE_PROTOCOLS), default='mace-mp-large', show_default=True)
+@_mace_code_option()
+@click.option('--restart', callback=_load_model, help='Continue the training of this MACE model.')
+@click.option('--name', help='Model name: the model goes to group mad/models/NAME.')
+@decorators.with_dbenv()
+def cmd_train_mace(dataset, protocol, code, restart, name):
+    """Train MACE on DATASET (name, pk or uuid), E0s from the dataset's isolated-atom baseline."""
+    from aiida.engine import submit
+
+    from aiida_mad.workflows.mace import MaceTrainWorkChain
+
+    try:
+        builder = MaceTrainWorkChain.get_builder_from_protocol(code, dataset, protocol, restart=restart, name=name)
+    except (ValueError, TypeError) as exception:
+        echo.echo_critical(str(exception))
+    require_daemon()
+    node = submit(builder)
+    echo.echo_report(f'submitted MaceTrainWorkChain<{node.pk}>: {node.label}')
+
+
+@click.command('committee')
+@click.argument('dataset', callback=_load_dataset)
+@click.option('-a', '--architecture', type=click.Choice(('mace', 'pet')), default='mace', show_default=True)
+@click.option('-n', '--members', type=click.IntRange(min=2), default=3, show_default=True, help='At least 2.')
+@click.option('-p', '--protocol', default='tiny', show_default=True, help='Protocol of the architecture.')
+@click.option(
+    '-X',
+    '--code',
+    type=core_types.CodeParamType(),
+    required=True,
+    help='The `mace_run_train` (mace) or `mtt` (pet) code.',
+)
+@click.option('--seed', type=int, default=0, show_default=True, help='Member i trains with seed + i.')
+@click.option('--name', help='Committee name: the models go to group mad/committees/NAME.')
+@decorators.with_dbenv()
+def cmd_train_committee(dataset, architecture, members, protocol, code, seed, name):
+    """Train a committee of MEMBERS models on DATASET, differing only in seed and train/validation split."""
+    from aiida import orm
+    from aiida.engine import submit
+
+    from aiida_mad.workflows.committee import CommitteeWorkChain
+
+    try:
+        if architecture == 'mace':
+            from aiida_mad.workflows.mace import MaceTrainWorkChain
+
+            inputs = MaceTrainWorkChain.get_protocol_inputs(protocol)['mace']
+            namespace, settings = 'mace', None
+        else:
+            from aiida_mad.workflows.train import TrainWorkChain
+
+            protocol_inputs = TrainWorkChain.get_protocol_inputs(protocol)
+            inputs, settings = protocol_inputs['metatrain'], protocol_inputs['settings']
+            namespace = 'metatrain'
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    builder = CommitteeWorkChain.get_builder()
+    builder.dataset = dataset
+    builder.members = orm.Int(members)
+    builder.seed = orm.Int(seed)
+    builder[namespace].code = code
+    builder[namespace].parameters = orm.Dict(inputs['parameters'])
+    if settings:
+        builder[namespace].settings = orm.Dict(settings)
+    builder[namespace].metadata.options = {
+        'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1},
+        **inputs.get('metadata', {}).get('options', {}),
+    }
+    if name:
+        builder.name = orm.Str(name)
+    problem = CommitteeWorkChain.validate_inputs(builder._inputs(prune=True), None)
+    if problem:
+        echo.echo_critical(problem)
+    require_daemon()
+    node = submit(builder)
+    echo.echo_report(f'submitted CommitteeWorkChain<{node.pk}>: {members} {architecture} members on {dataset.name}')
+
+
+@click.command('predict')
+@click.argument('models', nargs=-1, required=True, callback=_load_models)
+@click.option('-G', '--group', 'group', type=core_types.GroupParamType(), help='Predict the structures of this group.')
+@click.option('-D', '--dataset', callback=_load_dataset, help='Predict the frames of this dataset.')
+@click.option('--split', type=click.Choice(('train', 'val', 'test')), help='Only this split of the dataset.')
+@click.option(
+    '-X',
+    '--code',
+    type=core_types.CodeParamType(entry_point='mad.predict'),
+    default='aiida-mad-predict@localhost',
+    show_default=True,
+    help='The `aiida-mad-predict` code.',
+)
+@click.option('--batch-size', type=click.IntRange(min=1), default=16, show_default=True)
+@click.option('--device', type=click.Choice(('cpu', 'cuda')), default='cpu', show_default=True)
+@click.option('--submit', 'to_daemon', is_flag=True, help='Submit to the daemon instead of running here.')
+@decorators.with_dbenv()
+def cmd_model_predict(models, group, dataset, split, code, batch_size, device, to_daemon):
+    """Predict with one model or a committee of MODELS on a group's structures or a dataset's frames."""
+    from aiida import orm
+    from aiida.engine import run_get_node, submit
+
+    from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uuid
+
+    if (group is None) == (dataset is None):
+        echo.echo_critical('give either --group or --dataset')
+    builder = PredictCalculation.get_builder()
+    builder.code = code
+    builder.models = {f'model_{index}': model for index, model in enumerate(models)}
+    if dataset is not None:
+        builder.dataset = dataset
+        if split:
+            builder.split = orm.Str(split)
+    else:
+        structures = [node for node in group.nodes if isinstance(node, orm.StructureData)]
+        if not structures:
+            echo.echo_critical(f'group {group.label} holds no structure')
+        builder.structures = {f'structure_{node.pk}': node for node in structures}
+    builder.parameters = orm.Dict({'batch_size': batch_size, 'device': device})
+    try:
+        if to_daemon:
+            require_daemon()
+            node = submit(builder)
+            echo.echo_report(f'submitted PredictCalculation<{node.pk}>')
+            return
+        _, node = run_get_node(builder)
+    except ValueError as exception:
+        echo.echo_critical(str(exception))
+    if not node.is_finished_ok:
+        echo.echo_critical(f'PredictCalculation<{node.pk}> failed: {node.exit_status} {node.exit_message}')
+    committee = node.outputs.committee if 'committee' in node.outputs else None
+    rows = predictions_by_uuid(node.outputs.predictions, committee)
+    echo_table(rows, committee is not None)
+    echo.echo_report(
+        f'PredictCalculation<{node.pk}>: {len(rows)} structures, outputs `predictions`'
+        + (' and `committee`' if committee is not None else '')
+    )
+
+
+def echo_table(rows: dict, committee: bool) -> None:
+    """Print one line per structure: energy per atom (each model), and the committee sigmas."""
+    from tabulate import tabulate
+
+    table = []
+    for uuid, entry in rows.items():
+        row = [uuid[:8], entry['natoms'], ' '.join(f'{value:.4f}' for value in entry['energy_per_atom'])]
+        if committee:
+            row += [
+                f'{entry["energy_per_atom_std"] * 1000:.1f}',
+                f'{entry["force_std_max"] * 1000:.1f}',
+                f'{entry["stress_std_max"] * 1000:.2f}',
+            ]
+        table.append(row)
+    headers = ['structure', 'atoms', 'E (eV/atom)']
+    if committee:
+        headers += ['σE (meV/atom)', 'σF max (meV/Å)', 'σS max (meV/Å³)']
+    click.echo(tabulate(table, headers=headers))

@@ -1,0 +1,103 @@
+"""One or N models on one ragged batch of structures, with the committee statistics (pure: no AiiDA import).
+
+The arrays follow the ragged layout of :mod:`aiida_mad.learning.committee`: per-atom arrays of all structures
+concatenated, ``offsets`` (length ``n + 1``) marking where each structure's atoms start. Models come first in every
+per-model array: ``energy[m, i]`` is model ``m``'s energy of structure ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from aiida_mad.inference.models import Model
+from aiida_mad.learning.committee import committee_statistics
+
+__all__ = ('UUID_KEY', 'check_elements', 'frame_uuids', 'predict')
+
+#: Key of ``atoms.info`` that holds the structure's uuid (the dataset's shards carry it already).
+UUID_KEY = 'source_uuid'
+
+
+def frame_uuids(frames: Sequence[Atoms]) -> list[str]:
+    """Return the structure uuid of every frame (``info['source_uuid']``).
+
+    :raises ValueError: naming the first frame without one.
+    """
+    uuids = []
+    for index, frame in enumerate(frames):
+        uuid = frame.info.get(UUID_KEY)
+        if not uuid:
+            raise ValueError(f'structure {index} ({frame.get_chemical_formula()}) has no {UUID_KEY}')
+        uuids.append(str(uuid))
+    return uuids
+
+
+def check_elements(frames: Sequence[Atoms], elements: Sequence[str], *, model: str = 'the model') -> None:
+    """Refuse a structure with an element that the model was not trained on.
+
+    :raises ValueError: naming the structure (uuid and formula), the element(s) and the model.
+    """
+    allowed = set(elements)
+    for index, frame in enumerate(frames):
+        unknown = sorted(set(frame.get_chemical_symbols()) - allowed, key=atomic_numbers.__getitem__)
+        if unknown:
+            name = frame.info.get(UUID_KEY, f'number {index}')
+            raise ValueError(
+                f'structure {name} ({frame.get_chemical_formula()}) has {", ".join(unknown)}, which {model} was not '
+                f'trained on (it knows {", ".join(elements)})'
+            )
+
+
+def predict(
+    models: Sequence[Model | str], frames: Sequence[Atoms], *, batch_size: int = 16, device: str = 'cpu'
+) -> dict[str, np.ndarray]:
+    """Return the predictions of every model on ``frames``, and the committee statistics for two models or more.
+
+    :param models: loaded :class:`~aiida_mad.inference.models.Model` objects or model file paths.
+    :param frames: the structures; their uuids are read from ``info['source_uuid']``.
+    :param batch_size: at most this many structures per forward pass.
+    :param device: ``cpu`` or ``cuda`` (for paths; a loaded model keeps its own).
+    :return: ``uuids``, ``natoms``, ``offsets``, ``energy`` and ``energy_per_atom`` ``(M, n)``, ``forces``
+        ``(M, n_atoms, 3)``, ``stress`` ``(M, n, 3, 3)`` (NaN where not periodic); for ``M >= 2`` also
+        ``energy_per_atom_mean``, ``energy_per_atom_std``, ``forces_mean``, ``stress_mean`` (Voigt ``(n, 6)``),
+        ``force_std_max`` and ``stress_std_max`` (:func:`aiida_mad.learning.committee.committee_statistics`).
+    :raises ValueError: for no model, no structure, a structure without uuid, or an element a model does not know.
+    """
+    if not models:
+        raise ValueError('no model to predict with')
+    if not frames:
+        raise ValueError('no structure to predict')
+    uuids = frame_uuids(frames)
+    loaded = [model if isinstance(model, Model) else Model(model, device=device) for model in models]
+    for model in loaded:
+        check_elements(frames, model.elements, model=f'model {model.path.name}')
+    natoms = np.array([len(frame) for frame in frames], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(natoms)]).astype(np.int64)
+    predictions = [model.predict(frames, batch_size) for model in loaded]
+    energy = np.stack([prediction.energy for prediction in predictions])
+    arrays = {
+        'uuids': np.array(uuids, dtype='U36'),
+        'natoms': natoms,
+        'offsets': offsets,
+        'energy': energy,
+        'energy_per_atom': energy / natoms,
+        'forces': np.stack([prediction.forces for prediction in predictions]),
+        'stress': np.stack([prediction.stress for prediction in predictions]),
+    }
+    if len(loaded) >= 2:
+        statistics = committee_statistics(arrays['energy_per_atom'], arrays['forces'], offsets, arrays['stress'])
+        arrays.update(
+            {
+                'energy_per_atom_mean': statistics.energy,
+                'energy_per_atom_std': statistics.sigma_energy,
+                'forces_mean': statistics.forces,
+                'stress_mean': statistics.stress,
+                'force_std_max': statistics.sigma_force,
+                'stress_std_max': statistics.sigma_stress,
+            }
+        )
+    return arrays

@@ -1,0 +1,87 @@
+"""``aiida-mad-predict``: the console script that ``mad.predict`` runs on the compute node (pure: no AiiDA).
+
+``aiida-mad-predict predict.json`` reads the configuration::
+
+    {"models": ["model-0.pt", "model-1.model"], "shards": ["shards/frames-00000.extxyz.gz", ...],
+     "structures": ["structures.xyz"], "split": null, "batch_size": 16, "device": "cpu",
+     "output": "predictions.npz"}
+
+loads the dataset's shards as they are (``shards``, read by :func:`aiida_mad.dataset.extxyz.read_shards`; only the
+frames of ``split`` when it is set: ``train``, ``val`` or ``test``) and plain extended-XYZ files of structures
+(``structures``, read by ASE, each frame with its uuid in ``info['source_uuid']``), predicts with every model
+(:func:`aiida_mad.inference.predict.predict`) and writes the arrays to ``output`` (``numpy.savez``), with the model
+kinds and the timings in ``predict.json``'s sibling ``predict-info.json``. Exit status 2 for bad input (a file that
+is not a model, an element a model does not know), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import ase.io
+import numpy as np
+
+__all__ = ('INFO_FILE', 'main', 'run')
+
+INFO_FILE = 'predict-info.json'
+_SPLITS = ('train', 'val', 'test')
+
+
+def run(config: dict, directory: pathlib.Path) -> dict:
+    """Run the predictions that ``config`` describes, with paths relative to ``directory``; return the info."""
+    from aiida_mad.dataset.extxyz import read_shards
+    from aiida_mad.inference.models import Model
+    from aiida_mad.inference.predict import predict
+
+    start = time.perf_counter()
+    split = config.get('split')
+    if split is not None and split not in _SPLITS:
+        raise ValueError(f'split must be one of {_SPLITS}, got {split!r}')
+    frames = read_shards([directory / name for name in config.get('shards', [])])
+    if split is not None:
+        frames = [frame for frame in frames if frame.info.get('split') == split]
+    for name in config.get('structures', []):
+        frames.extend(ase.io.read(directory / name, index=':'))
+    device = config.get('device', 'cpu')
+    models = [Model(directory / name, device=device) for name in config['models']]
+    loaded = time.perf_counter()
+    arrays = predict(models, frames, batch_size=int(config.get('batch_size', 16)))
+    predicted = time.perf_counter()
+    np.savez(directory / config.get('output', 'predictions.npz'), **arrays)
+    info = {
+        'n_structures': len(frames),
+        'n_atoms': int(arrays['offsets'][-1]),
+        'models': [{'file': model.path.name, 'kind': model.kind, 'elements': model.elements} for model in models],
+        'device': device,
+        'batch_size': int(config.get('batch_size', 16)),
+        'seconds_loading': loaded - start,
+        'seconds_predicting': predicted - loaded,
+    }
+    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aiida-mad-predict``."""
+    parser = argparse.ArgumentParser(prog='aiida-mad-predict', description=__doc__.splitlines()[0])
+    parser.add_argument('config', type=pathlib.Path, help='the predict.json written by mad.predict')
+    args = parser.parse_args(argv)
+    config = json.loads(args.config.read_text())
+    try:
+        info = run(config, args.config.resolve().parent)
+    except ValueError as exception:
+        print(f'aiida-mad-predict: {exception}', file=sys.stderr)
+        return 2
+    print(
+        f'predicted {info["n_structures"]} structures ({info["n_atoms"]} atoms) with {len(info["models"])} model(s) '
+        f'in {info["seconds_predicting"]:.3f} s'
+    )
+    return 0
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Prediction and MACE training overhead.
+
+* Batched prediction (``aiida_mad.inference``, the engine of ``mad.predict``: MACE's own data loader, batches of 32)
+  vs one structure at a time through the model's ASE calculator (``MACECalculator``), same model, same structures,
+  structures per second. Two real MACE models trained here on synthetic EMT copper frames (no pw.x): the tiny one of
+  the tests (8x0e) and a wider one (32x0e + 32x1o, max_L 1), so that the fixed per-call cost and the model's own
+  cost both show. Goal: >= 5x on CPU.
+* The ``mad.mace`` CalcJob (localhost) vs ``mace_run_train`` run directly on the same files, same options, same
+  epochs. Goal: ratio <= 1.1 for real trainings; for this few-second training the engine's fixed cost shows.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from common import Row, temporary_profile
+
+N_STRUCTURES = 256
+BATCH = 32
+EPOCHS = 4
+TRAIN_FRAMES = 16
+TINY = {
+    'model': 'MACE',
+    'num_channels': 8,
+    'max_L': 0,
+    'r_max': 4.0,
+    'num_radial_basis': 4,
+    'batch_size': 4,
+    'valid_batch_size': 4,
+    'eval_interval': 1,
+    'loss': 'stress',
+    'device': 'cpu',
+    'default_dtype': 'float64',
+    'seed': 0,
+}
+WIDER = {**TINY, 'num_channels': 32, 'max_L': 1, 'r_max': 5.0}
+BIN = pathlib.Path(sys.executable).parent
+
+
+def cu_frames(count: int, offset: int = 0):
+    """Return ``count`` rattled fcc Cu cells (4 to 32 atoms) labelled by ASE's EMT, as frames of the dataset model."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from aiida_mad.dataset.frames import make_frame
+
+    shapes = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)]
+    result = []
+    for index in range(offset, offset + count):
+        atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(shapes[index % 4])
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        result.append(
+            make_frame(
+                atoms.numbers,
+                atoms.positions,
+                cell=atoms.cell.array,
+                pbc=True,
+                energy=atoms.get_potential_energy(),
+                forces=atoms.get_forces(),
+                stress=atoms.get_stress(voigt=False),
+                subset='mc3d-rattled',
+                split=('train', 'train', 'val', 'test')[index % 4],
+                source_uuid=str(uuid.UUID(int=index + 1)),
+                fingerprint='bench-emt-cu',
+            )
+        )
+    return result
+
+
+def cu_e0() -> float:
+    """Return EMT's energy of an isolated Cu atom (the baseline of the synthetic dataset)."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    atom = Atoms('Cu', cell=[10, 10, 10])
+    atom.calc = EMT()
+    return float(atom.get_potential_energy())
+
+
+def write_config(folder: pathlib.Path, parameters: dict, epochs: int) -> None:
+    import yaml
+
+    from aiida_mad.calculations.mace import build_config
+
+    config = build_config({**parameters, 'max_num_epochs': epochs}, {29: cu_e0()})
+    (folder / 'config.yaml').write_text(yaml.safe_dump(config))
+
+
+def train_direct(folder: pathlib.Path, frames, parameters: dict, epochs: int) -> float:
+    """Train with ``mace_run_train`` in ``folder`` on ``frames`` (their own splits); return the wall time."""
+    from aiida_mad.dataset.extxyz import write_split_files
+
+    start = time.perf_counter()
+    write_split_files(frames, folder, missing_stress='omit')
+    write_config(folder, parameters, epochs)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    subprocess.run(
+        [str(BIN / 'mace_run_train'), '--config', 'config.yaml'], cwd=folder, env=env, check=True, capture_output=True
+    )
+    return time.perf_counter() - start
+
+
+def prediction_rows() -> list[Row]:
+    import torch
+
+    from aiida_mad.inference.models import Model
+
+    torch.set_num_threads(1)
+    structures = cu_frames(N_STRUCTURES, offset=1000)
+    n_atoms = sum(len(frame) for frame in structures)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-predict-') as folder:
+        for label, parameters in (('tiny 8x0e', TINY), ('wider 32x0e+32x1o', WIDER)):
+            path = pathlib.Path(folder) / label.split()[0]
+            path.mkdir()
+            train_direct(path, cu_frames(TRAIN_FRAMES), parameters, 1)
+            model = Model(path / 'aiida.model')
+            model.predict(structures[:BATCH], BATCH)  # warm-up
+            start = time.perf_counter()
+            model.predict(structures, BATCH)
+            batched = time.perf_counter() - start
+            calculator = model.ase_calculator()
+            start = time.perf_counter()
+            for frame in structures:
+                atoms = frame.copy()
+                atoms.calc = calculator
+                atoms.get_potential_energy()
+                atoms.get_forces()
+                atoms.get_stress()
+            single = time.perf_counter() - start
+            rows.append(
+                Row(
+                    name=f'predict: batched ({BATCH}) vs ASE calculator, MACE {label}, CPU 1 thread',
+                    ours=N_STRUCTURES / batched,
+                    baseline=N_STRUCTURES / single,
+                    unit='structures/s',
+                    higher_is_better=True,
+                    note=f'{N_STRUCTURES} Cu cells of 4-32 atoms ({n_atoms} atoms): batched {batched:.2f} s, '
+                    f'one at a time {single:.2f} s',
+                )
+            )
+    return rows
+
+
+def training_row() -> Row:
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_mad.calculations.mace import MaceTrainCalculation
+    from aiida_mad.data.dataset import DatasetData
+
+    frames = cu_frames(TRAIN_FRAMES)
+    with temporary_profile():
+        from aiida.common.exceptions import NotExistent
+        from aiida.orm import InstalledCode, load_computer
+
+        try:
+            computer = load_computer('localhost')
+        except NotExistent:
+            workdir = tempfile.mkdtemp(prefix='aiida-mad-bench-work-')
+            computer = orm.Computer(
+                'localhost', 'localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
+            ).store()
+            computer.configure()
+        code = InstalledCode(
+            label='mace-bench',
+            computer=computer,
+            filepath_executable=str(BIN / 'mace_run_train'),
+            prepend_text='export OMP_NUM_THREADS=1',
+        ).store()
+        dataset = DatasetData(frames, name='bench-mace', seed=0, atomic_energies={'Cu': cu_e0()}).store()
+        builder = MaceTrainCalculation.get_builder()
+        builder.code = code
+        builder.dataset = dataset
+        builder.parameters = orm.Dict({**TINY, 'max_num_epochs': EPOCHS})
+        start = time.perf_counter()
+        _, node = run_get_node(builder)
+        calcjob = time.perf_counter() - start
+        if not node.is_finished_ok:
+            raise RuntimeError(f'bench training failed: {node.exit_status} {node.exit_message}')
+        with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-mace-') as folder:
+            direct = train_direct(pathlib.Path(folder), dataset.frames(), TINY, EPOCHS)
+    return Row(
+        name=f'train: mad.mace CalcJob vs mace_run_train ({EPOCHS} epochs, {TRAIN_FRAMES} frames)',
+        ours=calcjob,
+        baseline=direct,
+        unit='s',
+        higher_is_better=False,
+        note=f'CalcJob {calcjob:.1f} s, mace_run_train {direct:.1f} s: {calcjob - direct:+.1f} s of engine overhead',
+    )
+
+
+def run() -> list[Row]:
+    return [*prediction_rows(), training_row()]
+
+
+if __name__ == '__main__':
+    for row in run():
+        print(row.cells(), row.note)

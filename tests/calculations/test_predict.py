@@ -1,0 +1,186 @@
+"""``PredictCalculation`` (``mad.predict``) and its console script: real models, real structures, real runs.
+
+The models are real tiny trainings (a MACE by ``mace_run_train``, a PET by ``mtt train``) on the dataset the
+project's own pipeline builds from real pw.x results; the predictions run through the installed
+``aiida-mad-predict`` script and are compared with what each model's own ASE calculator gives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from ase.build import molecule
+
+from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uuid
+from aiida_mad.data.model import ModelData
+from aiida_mad.inference.models import Model
+from tests.mace_training import mace_code, mace_trained, predict_code
+from tests.training import mtt_code, trained, training_dataset
+
+
+@pytest.fixture
+def dataset(labelled):
+    return training_dataset(labelled)
+
+
+@pytest.fixture
+def predictor(aiida_localhost, aiida_code_installed):
+    return predict_code(aiida_localhost, aiida_code_installed)
+
+
+@pytest.fixture
+def mace_model(aiida_localhost, aiida_code_installed, dataset):
+    return mace_trained(mace_code(aiida_localhost, aiida_code_installed), dataset).outputs.model
+
+
+@pytest.fixture
+def pet_model(aiida_localhost, aiida_code_installed, dataset):
+    return trained(mtt_code(aiida_localhost, aiida_code_installed), dataset).outputs.model
+
+
+def builder_for(code, models, *, dataset=None, structures=None, **inputs):
+    builder = PredictCalculation.get_builder()
+    builder.code = code
+    builder.models = {f'model_{index}': model for index, model in enumerate(models)}
+    if dataset is not None:
+        builder.dataset = dataset
+    if structures is not None:
+        builder.structures = structures
+    builder.parameters = orm.Dict({'batch_size': 2})
+    builder.metadata.options.max_wallclock_seconds = 600
+    for key, value in inputs.items():
+        builder[key] = value
+    return builder
+
+
+def reference(model: ModelData, frames):
+    """Return ``{uuid: (energy, forces, stress or None)}`` from the model's own ASE calculator, one at a time."""
+    with model.as_path() as path:
+        calculator = Model(path).ase_calculator()
+        result = {}
+        for frame in frames:
+            atoms = frame.copy()
+            atoms.calc = calculator
+            stress = atoms.get_stress(voigt=False) if atoms.pbc.all() else None
+            result[frame.info['source_uuid']] = (atoms.get_potential_energy(), atoms.get_forces(), stress)
+    return result
+
+
+def check_equal(predicted: dict, expected: dict, tolerance: float):
+    assert sorted(predicted) == sorted(expected)
+    for uuid, (energy, forces, stress) in expected.items():
+        entry = predicted[uuid]
+        assert entry['energy'][0] == pytest.approx(energy, abs=tolerance)
+        assert entry['energy_per_atom'][0] == pytest.approx(energy / entry['natoms'], abs=tolerance)
+        np.testing.assert_allclose(entry['forces'][0], forces, atol=tolerance)
+        if stress is None:
+            assert np.all(np.isnan(entry['stress'][0]))
+        else:
+            np.testing.assert_allclose(entry['stress'][0], stress, atol=tolerance)
+
+
+def test_mace_predictions_equal_its_ase_calculator(predictor, dataset, mace_model):
+    _, node = run_get_node(builder_for(predictor, [mace_model], dataset=dataset))
+    assert node.is_finished_ok, node.exit_message
+    assert 'committee' not in node.outputs
+    predicted = predictions_by_uuid(node.outputs.predictions)
+    check_equal(predicted, reference(mace_model, dataset.frames()), 1e-9)
+    assert node.outputs.predictions.base.attributes.get('models') == [mace_model.uuid]
+    assert node.outputs.results['models'][0]['kind'] == 'mace'
+
+
+def test_metatrain_predictions_on_structures_equal_its_ase_calculator(predictor, dataset, pet_model):
+    frames = dataset.frames()
+    structures = {}
+    for index, frame in enumerate(frames):
+        node = orm.StructureData(ase=frame).store()
+        frame.info['source_uuid'] = node.uuid
+        structures[f's{index}'] = node
+    _, node = run_get_node(builder_for(predictor, [pet_model], structures=structures))
+    assert node.is_finished_ok, node.exit_message
+    predicted = predictions_by_uuid(node.outputs.predictions)
+    check_equal(predicted, reference(pet_model, frames), 1e-4)
+    assert node.outputs.results['models'][0]['kind'] == 'metatomic'
+
+
+def test_one_split_only(predictor, dataset, mace_model):
+    _, node = run_get_node(builder_for(predictor, [mace_model], dataset=dataset, split=orm.Str('val')))
+    assert node.is_finished_ok, node.exit_message
+    uuids = node.outputs.predictions.get_array('uuids').tolist()
+    assert sorted(uuids) == sorted(
+        frame.info['source_uuid'] for frame in dataset.frames() if frame.info['split'] == 'val'
+    )
+
+
+def test_committee_of_copies_has_zero_spread(predictor, dataset, mace_model):
+    _, node = run_get_node(builder_for(predictor, [mace_model] * 3, dataset=dataset))
+    assert node.is_finished_ok, node.exit_message
+    committee = node.outputs.committee
+    assert committee.get_array('uuids').tolist() == node.outputs.predictions.get_array('uuids').tolist()
+    np.testing.assert_allclose(committee.get_array('energy_per_atom_std'), 0.0, atol=1e-12)
+    np.testing.assert_allclose(committee.get_array('force_std_max'), 0.0, atol=1e-12)
+    stress = committee.get_array('stress_std_max')
+    periodic = np.isfinite(stress)
+    assert periodic.any() and not periodic.all()  # the H2 molecule has no stress
+    np.testing.assert_allclose(stress[periodic], 0.0, atol=1e-12)
+    predictions = node.outputs.predictions.get_array('energy_per_atom')
+    np.testing.assert_allclose(committee.get_array('energy_per_atom_mean'), predictions[0], atol=1e-12)
+
+
+def test_committee_of_different_models_has_positive_spread(aiida_localhost, aiida_code_installed, predictor, dataset):
+    code = mace_code(aiida_localhost, aiida_code_installed)
+    models = [mace_trained(code, dataset, seed=seed).outputs.model for seed in (0, 1)]
+    _, node = run_get_node(builder_for(predictor, models, dataset=dataset))
+    assert node.is_finished_ok, node.exit_message
+    committee = node.outputs.committee
+    assert np.all(committee.get_array('energy_per_atom_std') > 0)
+    assert np.all(committee.get_array('force_std_max') > 0)
+    energies = node.outputs.predictions.get_array('energy_per_atom')
+    np.testing.assert_allclose(committee.get_array('energy_per_atom_std'), energies.std(axis=0), rtol=1e-12)
+    by_uuid = predictions_by_uuid(node.outputs.predictions, committee)
+    first = next(iter(by_uuid.values()))
+    assert first['energy_per_atom_std'] == pytest.approx(float(np.std(first['energy_per_atom'])))
+
+
+def test_unknown_element_refused_by_name(predictor, mace_model):
+    water = molecule('H2O')
+    water.center(vacuum=4.0)
+    structure = orm.StructureData(ase=water).store()
+    before = orm.QueryBuilder().append(orm.CalcJobNode).count()
+    with pytest.raises(ValueError, match=rf'structure {structure.uuid} has O, which model `model_0`'):
+        run_get_node(builder_for(predictor, [mace_model], structures={'water': structure}))
+    assert orm.QueryBuilder().append(orm.CalcJobNode).count() == before
+
+
+def test_model_file_of_the_wrong_kind_refused(predictor, dataset, tmp_path):
+    path = tmp_path / 'model.pt'
+    path.write_bytes(b'this is not a model')
+    with pytest.raises(ValueError, match=r'model\.pt is not a model aiida-mad can run'):
+        run_get_node(builder_for(predictor, [ModelData(path)], dataset=dataset))
+
+
+def test_models_on_different_energy_references_refused(predictor, dataset, mace_model, pet_model):
+    with pytest.raises(ValueError, match='different references'):
+        run_get_node(builder_for(predictor, [mace_model, pet_model], dataset=dataset))
+
+
+def test_structures_and_dataset_exclusive(predictor, dataset, mace_model):
+    with pytest.raises(ValueError, match='either a `dataset` or `structures`'):
+        run_get_node(builder_for(predictor, [mace_model]))
+    with pytest.raises(ValueError, match='give at least one model'):
+        run_get_node(builder_for(predictor, [], dataset=dataset))
+
+
+def test_cli_predict_prints_committee_spread(run_cli_command, predictor, dataset, mace_model):
+    group, _ = orm.Group.collection.get_or_create('test-predict-structures')
+    structures = [orm.StructureData(ase=frame).store() for frame in dataset.frames()[:2]]
+    group.add_nodes(structures)
+    code = f'{predictor.label}@{predictor.computer.label}'
+    result = run_cli_command(['model', 'predict', mace_model.pk, mace_model.pk, '--group', group.label, '-X', code])
+    assert 'σE (meV/atom)' in result.output
+    for structure in structures:
+        assert structure.uuid[:8] in result.output
+    result = run_cli_command(['model', 'predict', mace_model.pk, '-X', code], raises=True)
+    assert 'give either --group or --dataset' in result.output
