@@ -93,3 +93,43 @@ def test_committee_of_one_refused(aiida_localhost, aiida_code_installed, dataset
     with pytest.raises(ValueError, match=r"no option\(s\) \['num_chanels'\]"):
         run_get_node(committee_builder(code, dataset, parameters={**TINY_MACE, 'num_chanels': 4}))
     assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def test_metatrain_committee_inputs_checked_before_anything_runs(aiida_localhost, aiida_code_installed, dataset):
+    from tests.training import TINY_PET, mtt_code
+
+    mtt = mtt_code(aiida_localhost, aiida_code_installed)
+    builder = CommitteeWorkChain.get_builder()
+    builder.dataset = dataset
+    builder.metatrain.code = mtt
+    builder.metatrain.parameters = orm.Dict({**TINY_PET, 'sed': 1})
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    with pytest.raises(ValueError, match='sed'):
+        run_get_node(builder)
+    builder.metatrain.parameters = orm.Dict(TINY_PET)
+    builder.mace.code = mace_code(aiida_localhost, aiida_code_installed)
+    builder.mace.parameters = orm.Dict(TINY_MACE)
+    with pytest.raises(ValueError, match='exactly one architecture'):
+        run_get_node(builder)
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def test_committee_of_two_pet_models(aiida_localhost, aiida_code_installed, dataset):
+    from tests.training import TINY_PET, mtt_code
+
+    builder = CommitteeWorkChain.get_builder()
+    builder.dataset = dataset
+    builder.members = orm.Int(2)
+    builder.seed = orm.Int(5)
+    builder.metatrain.code = mtt_code(aiida_localhost, aiida_code_installed)
+    builder.metatrain.parameters = orm.Dict(TINY_PET)
+    builder.metatrain.metadata.options.max_wallclock_seconds = 600
+    _, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    record = node.outputs.committee.get_dict()
+    assert record['architecture'] == 'metatrain'
+    members = committee_members(node)
+    assert [model.architecture for model in members] == ['pet', 'pet']
+    seeds = [orm.load_node(entry['calculation']).inputs.parameters['seed'] for entry in record['members']]
+    assert seeds == [5, 6]
+    assert record['members'][0]['validation'] != record['members'][1]['validation']
