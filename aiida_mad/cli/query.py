@@ -88,7 +88,7 @@ def query_frames_command(
         ]
         echo.echo(tabulate(table, headers=['Source uuid', 'Subset', 'Split', 'Atoms', 'E/atom (eV)', 'max |F| (eV/Å)']))
     echo.echo_report(
-        f'{len(rows)} of {node.n_frames} frames match' + (f' (showing {len(shown)})' if len(shown) < len(rows) else '')
+        f'{len(rows)} of {node.n_frames} frame{"s" * (node.n_frames != 1)} match' + (f' (showing {len(shown)})' if len(shown) < len(rows) else '')
     )
 
 

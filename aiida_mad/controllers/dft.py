@@ -221,7 +221,8 @@ class DftSubmissionController(FromGroupSubmissionController):
         """Raise one ``ValueError`` naming every problem of the pending structures, before anything is submitted.
 
         Elements that the pseudopotential family lacks are listed once for the whole group (with how many
-        structures need them); implausible structures are listed by pk with their reasons.
+        structures need them), then the structures that need them by pk; implausible structures are listed by pk with
+        their reasons.
         """
         from aiida_mad.structures.cells import DimensionalityError, dimensionality
         from aiida_mad.structures.checks import check_structure
@@ -235,12 +236,15 @@ class DftSubmissionController(FromGroupSubmissionController):
         available, pool = set(family.elements), element_pool(family.elements)
         pending = set(self.pending_uuids())
         missing: collections.Counter = collections.Counter()
+        lacking_by_pk: list[str] = []
         refused = []
         for uuid, pk, structure in self.structure_query(['uuid', 'id', '*']).iterall():
             if uuid not in pending:
                 continue
             lacking = set(structure.get_symbols_set()) - available
             missing.update(lacking)
+            if lacking:
+                lacking_by_pk.append(f'{structure.get_formula()}<{pk}> ({", ".join(sorted(lacking))})')
             atoms = structure.get_ase()
             reasons = [] if lacking else check_structure(atoms, pool=pool)
             try:
@@ -251,8 +255,16 @@ class DftSubmissionController(FromGroupSubmissionController):
                 refused.append(f'{structure.get_formula()}<{pk}>: ' + '; '.join(reasons))
         problems = []
         if missing:
-            listed = ', '.join(f'{element} ({count} structures)' for element, count in sorted(missing.items()))
-            problems.append(f'no pseudopotential in `{family.label}` for {listed}')
+            listed = ', '.join(
+                f'{element} ({count} structure{"s" * (count != 1)})' for element, count in sorted(missing.items())
+            )
+            shown = lacking_by_pk[:20] + (
+                [f'... and {len(lacking_by_pk) - 20} more'] if len(lacking_by_pk) > 20 else []
+            )
+            problems.append(
+                f'no pseudopotential in `{family.label}` for {listed}; structures lacking them: {", ".join(shown)} '
+                f'(remove them from the group, or label with a family that has these elements)'
+            )
         if refused:
             shown = refused[:20] + ([f'... and {len(refused) - 20} more'] if len(refused) > 20 else [])
             problems.append('implausible structures: ' + ' | '.join(shown))

@@ -190,6 +190,20 @@ class DatasetData(orm.Data):
         return self.base.attributes.get('selection', {})
 
     @property
+    def theory(self) -> dict:
+        """Return the level of theory in full and in words, empty if not recorded.
+
+        Keys ``level_of_theory``, ``protocol``, ``code_version``, ``production``, ``description``: see
+        :func:`aiida_mad.workflows.dft.theory_summary`.
+        """
+        return self.selection.get('theory') or {}
+
+    @property
+    def theory_description(self) -> str:
+        """Return the level of theory in plain words, or a sentence saying it was not recorded."""
+        return self.theory.get('description') or f'not recorded (fingerprint {self.fingerprint[:16]})'
+
+    @property
     def atomic_energies(self) -> dict[str, float]:
         """Return the isolated-atom energies (eV) of the baseline, by element (empty without a baseline)."""
         return self.base.attributes.get('atomic_energies', {})

@@ -53,7 +53,8 @@ Differences from ColabFit, all deliberate:
   different IDs, as in ColabFit. The atom order enters the CO ID (not ``structure_hash``), as in ColabFit.
 * ``dataset_id`` is this module's deterministic ID (see above), so a PO ID equals the one ColabFit computes only
   for the same dataset ID; ``method``, ``software`` and ``metadata`` are not filled, and ColabFit ingestions that
-  fill them get other PO IDs. The level-of-theory fingerprint is in every DO and in the dataset instead.
+  fill them get other PO IDs. The level-of-theory fingerprint is in every DO and in the dataset instead, and the
+  dataset says the level of theory in plain words (``level_of_theory``) when the metadata gives it.
 * ColabFit's ``last_modified`` time stamps are not written (they are not part of any ID).
 
 Duplicates: frames whose configuration and properties are identical collapse into one DO and one PO (the report
@@ -419,11 +420,14 @@ def _properties(frame: Atoms, dos_grid: dict) -> list[dict]:
 def validate_metadata(metadata: dict) -> dict:
     """Check and normalise the dataset metadata: name, authors, license, description, optional links.
 
+    ``level_of_theory`` (optional) is the level of theory in plain words
+    (:func:`aiida_mad.fingerprint.describe_level_of_theory`); it goes into the dataset object.
+
     :raises ColabfitError: naming the missing or invalid field.
     """
     if not isinstance(metadata, dict):
         raise ColabfitError(f'dataset metadata must be a dict, got {type(metadata).__name__}')
-    unknown = set(metadata) - {'name', 'authors', 'license', 'links', 'description', 'dos_grid'}
+    unknown = set(metadata) - {'name', 'authors', 'license', 'links', 'description', 'dos_grid', 'level_of_theory'}
     if unknown:
         raise ColabfitError(f'unknown dataset metadata fields: {sorted(unknown)}')
     result = {}
@@ -446,6 +450,11 @@ def validate_metadata(metadata: dict) -> dict:
         if not isinstance(link, str) or not link.startswith(('https://', 'http://')):
             raise ColabfitError(f"dataset metadata field 'links' has an entry that is not an http(s) URL: {link!r}")
     result['links'] = list(links)
+    level = metadata.get('level_of_theory')
+    if level is not None:
+        if not isinstance(level, str) or not level.strip():
+            raise ColabfitError(f"dataset metadata field 'level_of_theory' must be a non-empty string, got {level!r}")
+        result['level_of_theory'] = level.strip()
     dos_grid = {'start': GRID_START, 'spacing': GRID_SPACING, 'points': GRID_POINTS, 'sigma': SIGMA}
     if metadata.get('dos_grid') is not None:
         given = metadata['dos_grid']
@@ -582,6 +591,7 @@ def build_colabfit(frames: Sequence[Atoms], metadata: dict) -> ColabfitDataset:
         'description': checked['description'],
         'configuration_set_ids': list(configuration_sets),
         'fingerprints': sorted({frame.info['fingerprint'] for frame in frames}),
+        **({'level_of_theory': checked['level_of_theory']} if 'level_of_theory' in checked else {}),
         'elements': sorted(
             {element for item in configurations.values() for element in item['elements']},
             key=chemical_symbols.index,

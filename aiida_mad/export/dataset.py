@@ -8,6 +8,7 @@ to the target and moved into place at the end, so a failure leaves nothing half-
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -139,7 +140,26 @@ def write_export_files(
     if archives:
         from aiida_mad.export.archive import export_subset_archives
 
-        export_subset_archives(dft_workchains_by_subset(dataset), folder, prefix=prefix, private_data=private_data)
+        with quiet_archive_logger():
+            export_subset_archives(dft_workchains_by_subset(dataset), folder, prefix=prefix, private_data=private_data)
+
+
+@contextlib.contextmanager
+def quiet_archive_logger():
+    """Silence aiida-core's archive logger (its parameter tables name temporary paths) for the block.
+
+    The commands print their own summary (files and sizes); warnings and errors of the archive still show.
+    """
+    import logging
+
+    from aiida.tools.archive.create import EXPORT_LOGGER
+
+    level = EXPORT_LOGGER.level
+    EXPORT_LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        EXPORT_LOGGER.setLevel(level)
 
 
 def dataset_metadata_defaults(dataset) -> dict:
@@ -155,8 +175,10 @@ def dataset_metadata_defaults(dataset) -> dict:
         'license': 'CC-BY-4.0',
         'description': (
             f'MAD-style dataset {dataset.name}: {dataset.n_frames} structures with energies, forces and stresses '
-            f'at one level of theory (fingerprint {dataset.fingerprint}); subsets: {counts}.'
+            f'at one level of theory ({dataset.theory_description}; fingerprint {dataset.fingerprint}); '
+            f'subsets: {counts}.'
         ),
+        'level_of_theory': dataset.theory_description,
     }
 
 
@@ -204,6 +226,8 @@ def report_data(dataset):
         max_force=index['max_force'],
         element_counts=element_count_matrix(index),
         fingerprint=dataset.fingerprint,
+        level_of_theory=dataset.theory_description,
+        test_grade=not dataset.theory.get('production', False),
         convergence=convergence_counts(dataset.selection),
         energy_label='energy per atom minus the isolated atoms' if use_baseline else 'energy per atom',
     )
@@ -242,8 +266,13 @@ def write_dataset_record(
     file_limit: int | None = None,
     aiida_limit: int | None = None,
     extra_files: Sequence | None = None,
+    allow_test_grade: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write the Materials Cloud Archive record folder of ``dataset``.
+
+    A dataset whose level of theory is not production grade (the ``mad``/``mad-dos`` protocols with an SSSP
+    family, :func:`aiida_mad.fingerprint.is_production`) is refused unless ``allow_test_grade``; its record then says
+    so in the README and ``metadata.yml``.
 
     The record holds the ``xyz`` exports (split files, atomic energies, per-subset AiiDA archives, chemiscope files),
     the ColabFit files as a zip, the HTML report, ``metadata.yml``, ``optimade.yaml`` (with the OPTIMADE structure
@@ -257,6 +286,12 @@ def write_dataset_record(
         checked = record_module.validate_metadata(metadata)
     except record_module.RecordError as exception:
         raise ExportError(str(exception)) from None
+    production = bool(dataset.theory.get('production', False))
+    if not production and not allow_test_grade:
+        raise ExportError(
+            f'dataset {dataset.name} is not at a production level of theory ({dataset.theory_description}): a record '
+            'is for publication; pass --allow-test-grade to write it anyway (the record then says it is test grade)'
+        )
     directory = check_free(directory, force=force, error=ExportError)
     limits = {}
     if file_limit is not None:
@@ -271,6 +306,7 @@ def write_dataset_record(
         'license': checked['license'],
         'description': checked['description'],
         'links': [reference['url'] for reference in checked['references'] if 'url' in reference],
+        'level_of_theory': dataset.theory_description,
     }
     with tempfile.TemporaryDirectory(
         prefix='mad-record-', dir=directory.parent if directory.parent.exists() else None
@@ -295,6 +331,8 @@ def write_dataset_record(
                 force=force,
                 link=True,
                 fractions=dataset.base.attributes.get('fractions', None),
+                level_of_theory=dataset.theory_description,
+                test_grade=not production,
                 **limits,
             )
         except record_module.RecordError as exception:

@@ -15,7 +15,8 @@
     (energy, energy per atom, subset, split, largest force; ``id`` = source uuid, which is the id optimade-maker
     gives each structure), and ``optimade.yaml`` points at those; without frames it points at the ``.xyz`` files.
 ``README.md``
-    The metadata and a table describing every file.
+    The metadata, the level of theory in plain words (with a warning when it is test grade) and a table describing
+    every file.
 
 Size limits: the Archive accepts 5 GB of files per record; AiiDA archives (``*.aiida``) count towards a separate
 limit of 50 GB (decimal GB, as the Archive states them). :func:`check_record_size` refuses a record over either
@@ -201,7 +202,10 @@ def validate_metadata(metadata: Mapping) -> dict:
     """
     if not isinstance(metadata, Mapping):
         raise RecordError(f'record metadata must be a mapping, got {type(metadata).__name__}')
-    unknown = set(metadata) - {'title', 'description', 'keywords', 'authors', 'license', 'references'}
+    # `level_of_theory` and `test_grade` are written by `write_record` from the data: accepted (a record's own
+    # metadata.yml can be given back) but never taken from the user.
+    generated = {'level_of_theory', 'test_grade'}
+    unknown = set(metadata) - {'title', 'description', 'keywords', 'authors', 'license', 'references'} - generated
     if unknown:
         raise RecordError(f'record metadata: unknown fields {sorted(unknown)}')
     result = {'title': _text(metadata, 'title'), 'description': _text(metadata, 'description')}
@@ -409,9 +413,22 @@ def _escape(text) -> str:
     return html.escape(str(text), quote=False)
 
 
+#: The README's warning for a record whose level of theory is not production grade.
+TEST_GRADE_WARNING = (
+    '**Test grade.** This level of theory is not the production MAD level (protocol `mad`/`mad-dos` with an SSSP '
+    'pseudopotential family): its energies, forces and stresses are for tests and demonstrations, not for training '
+    'or benchmarking models. The record was written with an explicit override (`--allow-test-grade`).'
+)
+
+
 def _readme(metadata: dict, rows: list[tuple[str, int, str]]) -> str:
-    """Return the README: the metadata (every user-given text HTML-escaped) and the table of files."""
-    lines = [f'# {_escape(metadata["title"])}', '', _escape(metadata['description']), '', '## Authors', '']
+    """Return the README: the metadata (every user-given text HTML-escaped), the level of theory, the files."""
+    lines = [f'# {_escape(metadata["title"])}', '', _escape(metadata['description']), '']
+    if metadata.get('level_of_theory'):
+        lines += ['## Level of theory', '', _escape(metadata['level_of_theory']), '']
+        if metadata.get('test_grade'):
+            lines += [TEST_GRADE_WARNING, '']
+    lines += ['## Authors', '']
     for author in metadata['authors']:
         orcid = f' (ORCID {_escape(author["orcid"])})' if 'orcid' in author else ''
         affiliations = '; '.join(_escape(affiliation) for affiliation in author['affiliations'])
@@ -457,6 +474,8 @@ def write_record(
     file_limit: int = FILE_LIMIT_BYTES,
     aiida_limit: int = AIIDA_LIMIT_BYTES,
     fractions: Sequence[float] | None = None,
+    level_of_theory: str | None = None,
+    test_grade: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write a Materials Cloud Archive record folder.
 
@@ -477,11 +496,19 @@ def write_record(
     :param aiida_limit: the Archive's AiiDA-archive limit in bytes (default 50 GB).
     :param fractions: the dataset's ``(train, val, test)`` split fractions, quoted in the descriptions of the split
         files (default 0.8, 0.1, 0.1).
+    :param level_of_theory: the level of theory in plain words; written to the README and ``metadata.yml``
+        (``level_of_theory``).
+    :param test_grade: the level of theory is not production grade: the README says so in a warning and
+        ``metadata.yml`` has ``test_grade: true``.
     :return: ``{name: path}`` of every file in the record, generated ones included.
     :raises RecordError: for invalid metadata, files or sizes, a folder that is not free (see
         :func:`~aiida_mad.export.folders.check_free`), or a failure of the file system (full disk, read-only place).
     """
     checked = validate_metadata(metadata)
+    if level_of_theory:
+        checked['level_of_theory'] = str(level_of_theory)
+    if test_grade:
+        checked['test_grade'] = True
     normalised = _normalise_files(files)
     fractions = tuple(DEFAULT_FRACTIONS if fractions is None else fractions)
     if len(fractions) != 3 or not all(isinstance(value, int | float) and 0 <= value <= 1 for value in fractions):

@@ -35,17 +35,18 @@ CONVERGENCE_STATES = ('finished', 'outlier', 'failed')
 
 _N_Z = 119  # one column per atomic number 0..118 in per-frame element arrays (column 0 unused)
 
+#: Subset colours: none of them is the green, yellow or red of :data:`_STATE_COLOURS` (finished, outlier, failed).
 _SUBSET_COLOURS = (
     '#4e79a7',
     '#f28e2b',
-    '#59a14f',
-    '#e15759',
     '#76b7b2',
-    '#edc948',
     '#b07aa1',
-    '#ff9da7',
     '#9c755f',
+    '#17becf',
+    '#6b6ecf',
     '#bab0ac',
+    '#393b79',
+    '#ce6dbd',
 )
 
 #: Sequential colour scale (ColorBrewer YlGnBu) for the periodic table, from few to many.
@@ -69,6 +70,9 @@ class ReportData:
         frames and atoms per element; or per dataset, as a mapping ``{symbol: number of frames containing it}``.
         ``None`` leaves the periodic table empty.
     :param fingerprint: the level-of-theory fingerprint of the dataset.
+    :param level_of_theory: the level of theory in plain words
+        (:func:`aiida_mad.fingerprint.describe_level_of_theory`).
+    :param test_grade: the level of theory is not production grade: the report says so under the title.
     :param convergence: per-subset DFT counts ``{subset: {'finished': n, 'failed': m, 'outlier': k}}``; the three
         states are disjoint (an outlier is a converged result excluded from the dataset). Other keys (``pending``,
         ``running``) are shown but do not enter the rates.
@@ -85,6 +89,8 @@ class ReportData:
     fingerprint: str | None = None
     convergence: Mapping[str, Mapping[str, int]] | None = None
     energy_label: str = 'energy per atom'
+    level_of_theory: str | None = None
+    test_grade: bool = False
 
     def __post_init__(self):
         self.subset = np.asarray(self.subset, dtype=str).reshape(-1)
@@ -172,6 +178,18 @@ def write_report(
     return path
 
 
+def _level_of_theory(data: ReportData) -> str:
+    """Return the level of theory in words, with a warning when it is test grade."""
+    text = _e(data.level_of_theory) if data.level_of_theory else 'not recorded'
+    html = f'<p class="level">Level of theory: <span id="level-of-theory">{text}</span></p>'
+    if data.test_grade:
+        html += (
+            '<p class="test-grade" id="test-grade"><strong>Test grade:</strong> not the production MAD level of theory '
+            '(protocol mad or mad-dos with an SSSP family); for tests and demonstrations only.</p>'
+        )
+    return html
+
+
 def render_report(data: ReportData) -> str:
     """Return the report of ``data`` as one self-contained HTML document.
 
@@ -186,6 +204,7 @@ def render_report(data: ReportData) -> str:
         '<header>',
         f'<h1>MAD dataset <span class="name">{name}</span></h1>',
         f'<p class="fingerprint">Level-of-theory fingerprint: <code id="fingerprint">{fingerprint}</code></p>',
+        _level_of_theory(data),
         _summary(data, subsets),
         '</header>',
         '<main>',
@@ -789,6 +808,8 @@ h1 { font-size: 26px; margin: 0 0 4px; }
 h1 .name { color: var(--accent); }
 h2 { font-size: 18px; margin: 0 0 10px; }
 .fingerprint { margin: 0 0 12px; color: var(--muted); }
+.level { margin: 0 0 12px; }
+.test-grade { margin: 0 0 12px; padding: 6px 10px; border-left: 4px solid #b07aa1; background: #f6eef4; }
 .fingerprint code { color: var(--ink); background: #e8ebf0; padding: 1px 6px; border-radius: 4px;
                     word-break: break-all; }
 .cards { display: flex; gap: 12px; flex-wrap: wrap; margin-bottom: 12px; }

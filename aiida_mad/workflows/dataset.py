@@ -40,7 +40,7 @@ from aiida_mad.constants import (
 )
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.dataset.splits import validate_fractions
-from aiida_mad.workflows.dft import MadDftWorkChain
+from aiida_mad.workflows.dft import MadDftWorkChain, result_theory_summary
 
 __all__ = (
     'DatasetSelectionError',
@@ -159,6 +159,7 @@ class Selection:
     thresholds: dict[str, float]
     groups: list[str]
     atomic_energies: list[orm.Dict] = dataclasses.field(default_factory=list)
+    theory: dict = dataclasses.field(default_factory=dict)
 
     @property
     def elements(self) -> list[str]:
@@ -173,6 +174,7 @@ class Selection:
             'outlier_max_force': self.thresholds,
             'subsets': self.record,
             'atomic_energies': [node.uuid for node in self.atomic_energies],
+            'theory': self.theory,
         }
 
     def describe(self) -> list[str]:
@@ -191,14 +193,15 @@ def describe_record(record: Mapping[str, Mapping], thresholds: Mapping[str, floa
                 continue
             if reason == 'outlier':
                 threshold = thresholds.get(subset, thresholds.get('default'))
-                excluded.append(f'{count} outliers (max |F| > {threshold:g} eV/Å)')
+                excluded.append(f'{count} outlier{"s" * (count != 1)} (max |F| > {threshold:g} eV/Å)')
             elif reason == 'failed':
                 statuses = ', '.join(f'{status}: {n}' for status, n in sorted(counts.get('exit_statuses', {}).items()))
                 excluded.append(f'{count} failed (exit status {statuses})')
             else:
                 excluded.append(f'{count} {reason.replace("_", " ")}')
         tail = f'; excluded {", ".join(excluded)}' if excluded else ''
-        lines.append(f'{subset}: {counts.get("used", 0)} frames{tail}')
+        used = counts.get('used', 0)
+        lines.append(f'{subset}: {used} frame{"s" * (used != 1)}{tail}')
     return lines
 
 
@@ -395,18 +398,56 @@ def select_results(
         raise DatasetSelectionError(
             f'no result of fingerprint {chosen[:16]} can enter the dataset ({lines})', 'ERROR_EMPTY_SELECTION'
         )
-    selection = Selection(chosen, used, record, thresholds, labels)
+    selection = Selection(
+        chosen, used, record, thresholds, labels, theory=result_theory_summary(orm.load_node(used[0].pk))
+    )
     if baseline:
         tables, energies = find_atomic_energies(chosen)
         missing = sorted(set(selection.elements) - set(energies))
         if missing:
             raise DatasetSelectionError(
-                f'no isolated-atom energy at fingerprint {chosen[:16]} for {", ".join(missing)}: run '
-                '`aiida-mad dft isolated-atoms` with the same protocol and code, or build without a baseline',
-                'ERROR_MISSING_BASELINE',
+                missing_baseline_message(chosen, missing, selection.theory, used[0].pk), 'ERROR_MISSING_BASELINE'
             )
         selection.atomic_energies = tables
     return selection
+
+
+def failed_isolated_atoms(fingerprint: str, elements: Iterable[str]) -> dict[str, int]:
+    """Return ``{element: pk}`` of the isolated-atom runs of ``fingerprint`` whose latest one did not finish."""
+    wanted = {f'isolated atom {element}': element for element in elements}
+    query = orm.QueryBuilder().append(
+        orm.WorkflowNode,
+        filters={
+            'process_type': DFT_PROCESS_TYPE,
+            'extras.mad_fingerprint': fingerprint,
+            'label': {'in': sorted(wanted)},
+        },
+        project=['id', 'label', 'attributes.exit_status', 'attributes.process_state'],
+    )
+    found: dict[str, int] = {}
+    for pk, label, exit_status, state in sorted(query.all()):
+        if state in ('finished', 'excepted', 'killed'):
+            if state == 'finished' and exit_status == 0:
+                found.pop(wanted[label], None)
+            else:
+                found[wanted[label]] = pk
+    return found
+
+
+def missing_baseline_message(fingerprint: str, missing: Sequence[str], theory: Mapping, result_pk: int) -> str:
+    """Return what a missing baseline lacks, what failed, and the command that computes it."""
+    message = f'no isolated-atom energy at fingerprint {fingerprint[:16]} for {", ".join(missing)}'
+    failed = failed_isolated_atoms(fingerprint, missing)
+    if failed:
+        listed = ', '.join(f'{element} (MadDftWorkChain<{pk}> failed)' for element, pk in sorted(failed.items()))
+        message += f'; computed but failed: {listed}'
+    code = orm.load_node(result_pk).base.links.get_incoming(link_label_filter='scf__pw__code').all_nodes()
+    protocol = (theory.get('protocol') or 'PROTOCOL').split('/')[0]
+    family = theory.get('level_of_theory', {}).get('pseudopotentials', {}).get('family', 'FAMILY')
+    command = f'aiida-mad dft isolated-atoms {" ".join(missing)} --protocol {protocol} -F {family}'
+    if code:
+        command += f' --code {code[0].full_label}'
+    return f'{message}: run `{command} --wait` (the protocol, family and code of the data), or build with --no-baseline'
 
 
 def find_atomic_energies(fingerprint: str) -> tuple[list[orm.Dict], dict[str, float]]:

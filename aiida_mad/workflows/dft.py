@@ -23,7 +23,14 @@ from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recur
 from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
 
 from aiida_mad.calculations.dft import extract_dft_results, prepare_structure
-from aiida_mad.fingerprint import code_major_version, fingerprint, level_of_theory
+from aiida_mad.fingerprint import (
+    PRODUCTION_PROTOCOLS,
+    code_major_version,
+    describe_level_of_theory,
+    fingerprint,
+    is_production,
+    level_of_theory,
+)
 from aiida_mad.parallelization import choose_parallelization, count_irreducible_kpoints
 from aiida_mad.pseudos import offline_family_label
 from aiida_mad.structures.cells import DimensionalityError, dimensionality
@@ -67,12 +74,38 @@ def _locked_state(parameters: dict, kpoints: orm.KpointsData | None, structure, 
     return state
 
 
+#: What pw.x prints when the bisection for the Fermi energy finds no bracket (routine ``efermig``).
+BRACKET_MESSAGE = 'cannot bracket Ef'
+
+#: Restarts of :meth:`MadPwBaseWorkChain.handle_fermi_energy_not_bracketed` before the run is given up.
+BRACKET_RESTARTS = 2
+
+
+def _fermi_energy_not_bracketed(calculation) -> bool:
+    """Return whether pw.x stopped because it could not bracket the Fermi energy (stdout or CRASH file)."""
+    if 'retrieved' not in calculation.outputs:
+        return False
+    retrieved = calculation.outputs.retrieved
+    names = set(retrieved.base.repository.list_object_names())
+    for name in (calculation.get_option('output_filename') or 'aiida.out', 'CRASH'):
+        if name in names and BRACKET_MESSAGE in retrieved.base.repository.get_object_content(name):
+            return True
+    return False
+
+
+def _occupied_bands(structure, pseudos) -> int:
+    """Return half the valence electrons of ``structure`` with these pseudopotentials, rounded up."""
+    electrons = sum(pseudos[site.kind_name].z_valence for site in structure.sites)
+    return int(-(-electrons // 2))
+
+
 class MadPwBaseWorkChain(PwBaseWorkChain):
     """``PwBaseWorkChain`` whose restarts can never change the level of theory.
 
-    Extra handler: when the SCF fails to converge a second time (after the parent's mixing reduction), switch to
+    Extra handlers: when the SCF fails to converge a second time (after the parent's mixing reduction), switch to
     conjugate-gradient diagonalization, double ``electron_maxstep`` (up to 400) and start from atomic plus random
-    wavefunctions, from scratch.
+    wavefunctions, from scratch; when pw.x cannot bracket the Fermi energy, restart with more bands and a safer
+    start (:meth:`handle_fermi_energy_not_bracketed`).
     """
 
     @classmethod
@@ -103,6 +136,45 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
                 self.report(f'refusing to launch: `{key}` changed from {old!r} to {current[key]!r}')
                 return self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(key=key, old=old, new=current[key])
         return super().run_process()
+
+    @process_handler(priority=650)
+    def handle_fermi_energy_not_bracketed(self, calculation):
+        """Restart a run whose smeared occupations could not be bracketed (``efermig: cannot bracket Ef``).
+
+        pw.x stops in its first iterations when the bisection for the Fermi energy finds no bracket: too few bands
+        above the occupied ones for the smearing, or a wild start (typical of isolated transition-metal atoms). The
+        restart changes only how pw.x gets there, never the level of theory: first 50 % more bands than pw.x chose
+        (at least the occupied bands plus 8), an atomic plus random start and half the mixing; then twice as many
+        bands again and conjugate-gradient diagonalization. Smearing type and width, cutoffs, k-points, functional and
+        spin stay as they are (the ``run_process`` guard checks). After :data:`BRACKET_RESTARTS` such restarts the
+        work chain stops with ``ERROR_KNOWN_UNRECOVERABLE_FAILURE``.
+        """
+        if not calculation.is_failed or not _fermi_energy_not_bracketed(calculation):
+            return None
+        attempts = self.ctx.get('bracket_restarts', 0) + 1
+        self.ctx.bracket_restarts = attempts
+        if attempts > BRACKET_RESTARTS:
+            self.report_error_handled(calculation, f'Ef still not bracketed after {BRACKET_RESTARTS} restarts')
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_KNOWN_UNRECOVERABLE_FAILURE)
+        system = self.ctx.inputs.parameters.setdefault('SYSTEM', {})
+        electrons = self.ctx.inputs.parameters.setdefault('ELECTRONS', {})
+        occupied = _occupied_bands(self.ctx.inputs.structure, self.ctx.inputs.pseudos)
+        current = system.get('nbnd') or max(int(1.2 * occupied + 0.999), occupied + 4)  # pw.x's default with smearing
+        if attempts == 1:
+            nbnd = max(int(1.5 * current + 0.999), occupied + 8)
+            beta = 0.5 * electrons.get('mixing_beta', self.defaults.qe.mixing_beta)
+            electrons['mixing_beta'] = beta
+            action = f'nbnd {nbnd}, atomic+random start, mixing_beta {beta:g}'
+        else:
+            nbnd = 2 * current
+            electrons['diagonalization'] = 'cg'
+            action = f'nbnd {nbnd}, atomic+random start, cg diagonalization'
+        system['nbnd'] = nbnd
+        self.set_restart_type(RestartType.FROM_SCRATCH)
+        # FROM_SCRATCH drops `startingwfc` and `startingpot`: set the start after it.
+        electrons['startingwfc'] = 'atomic+random'
+        self.report_error_handled(calculation, f'cannot bracket Ef: {action}')
+        return ProcessHandlerReport(True)
 
     @process_handler(priority=415, exit_codes=[PwCalculation.exit_codes.ERROR_ELECTRONIC_CONVERGENCE_NOT_REACHED])
     def handle_persistent_electronic_convergence(self, calculation):
@@ -421,10 +493,26 @@ def load_family(label: str):
     try:
         return PseudoPotentialFamily.collection.get(label=label)
     except NotExistent:
+        pass
+    offline = offline_family_label()
+    offline_installed = bool(PseudoPotentialFamily.collection.count(filters={'label': offline}))
+    if label.startswith('SSSP/'):
+        _, version, functional, *flavour = [*label.split('/'), '']
+        install = f'`aiida-pseudo install sssp -v {version} -x {functional} -p {flavour[0] or "efficiency"}`'
+        alternative = (
+            f'or work offline with the installed family {offline}: `-F offline` (any protocol) or `--protocol fast`'
+            if offline_installed
+            else 'or `aiida-mad setup localhost` and then `-F offline` or `--protocol fast` to work offline'
+        )
         raise ValueError(
-            f'pseudopotential family `{label}` is not installed: `aiida-pseudo install sssp -v 1.2 -x PBEsol` for '
-            'SSSP, or `aiida-mad setup localhost` for the offline family'
-        ) from None
+            f'pseudopotential family `{label}` (SSSP) is not installed: install it with {install}, {alternative}'
+        )
+    if label == offline:
+        raise ValueError(f'the offline family `{label}` is not installed: run `aiida-mad setup localhost`')
+    raise ValueError(
+        f'pseudopotential family `{label}` is not installed: install it with aiida-pseudo, or use `-F offline`'
+        + ('' if offline_installed else ' after `aiida-mad setup localhost`')
+    )
 
 
 def validate_structure(structure: orm.StructureData, family) -> None:
@@ -468,13 +556,96 @@ def compute_level_of_theory(code, family, rules: dict, system: dict, kpoints_dis
     )
 
 
-def protocol_fingerprint(code, protocol: str | None = None, overrides: dict | None = None) -> str:
-    """Return the fingerprint that ``MadDftWorkChain`` runs of this protocol on this code will carry."""
+def protocol_level_of_theory(code, protocol: str | None = None, overrides: dict | None = None) -> dict:
+    """Return the level-of-theory dictionary of ``MadDftWorkChain`` runs of this protocol on this code."""
     inputs = MadDftWorkChain.get_protocol_inputs(protocol, overrides)
     rules = {key: inputs[key] for key in RULE_KEYS}
     family = load_family(inputs['pseudo_family'])
     system = inputs['pw']['parameters']['SYSTEM']
-    return fingerprint(compute_level_of_theory(code, family, rules, system, inputs['kpoints_distance']))
+    return compute_level_of_theory(code, family, rules, system, inputs['kpoints_distance'])
+
+
+def protocol_description(code, protocol: str | None = None, overrides: dict | None = None) -> str:
+    """Return the level of theory of this protocol on this code in plain words (with the protocol's name)."""
+    theory = protocol_level_of_theory(code, protocol, overrides)
+    name = protocol or MadDftWorkChain._load_protocol_file()['default_protocol']
+    if name in PRODUCTION_PROTOCOLS:
+        name = matching_protocols(theory) or name  # `mad` and `mad-dos` share their level of theory
+    return describe_level_of_theory(theory, protocol=name, code_version=code_version(code))
+
+
+def protocol_fingerprint(code, protocol: str | None = None, overrides: dict | None = None) -> str:
+    """Return the fingerprint that ``MadDftWorkChain`` runs of this protocol on this code will carry."""
+    return fingerprint(protocol_level_of_theory(code, protocol, overrides))
+
+
+#: Entries of the level of theory that a protocol fixes (the others, code and md5s, come from the installation).
+_PROTOCOL_KEYS = ('functional', 'ecutwfc', 'ecutrho', 'smearing', 'kpoints_distance', 'nspin', 'vacuum')
+
+
+def matching_protocols(theory: dict) -> str | None:
+    """Return the protocols whose settings give ``theory`` (``'mad/mad-dos'`` when several do), or ``None``.
+
+    Compares the settings a protocol fixes (functional, family label, cutoffs, smearing, k-spacing, spin, vacuum),
+    not the code or the md5 of the pseudopotentials, so it works on stored results without the code at hand.
+    """
+    data = MadDftWorkChain._load_protocol_file()
+    names = []
+    for name in data['protocols']:
+        inputs = MadDftWorkChain.get_protocol_inputs(name)
+        system = inputs['pw']['parameters']['SYSTEM']
+        family = inputs['pseudo_family']
+        if family == 'offline':
+            family = offline_family_label()
+        try:
+            expected = level_of_theory(
+                code_name=inputs['code_name'],
+                code_version='0',
+                functional=inputs['functional'],
+                pseudo_family=family,
+                pseudo_md5={'X': '0'},
+                ecutwfc=system['ecutwfc'],
+                ecutrho=system['ecutrho'],
+                smearing=system['smearing'],
+                degauss=system['degauss'],
+                kpoints_distance=inputs['kpoints_distance'],
+                nspin=system.get('nspin', 1),
+                vacuum=inputs['vacuum'],
+                coulomb_truncation=inputs['coulomb_truncation'],
+            )
+        except ValueError:
+            continue
+        same = all(theory.get(key) == expected[key] for key in _PROTOCOL_KEYS)
+        same = same and theory.get('pseudopotentials', {}).get('family') == family
+        same = same and theory.get('coulomb_truncation') == expected['coulomb_truncation']
+        if same:
+            names.append(name)
+    return '/'.join(names) or None
+
+
+def theory_summary(theory: dict, code_version: str | None = None) -> dict:
+    """Return the level of theory with its protocol, grade and one-line description (stored on datasets).
+
+    :return: ``{'level_of_theory', 'protocol', 'code_version', 'production', 'description'}``.
+    """
+    protocol = matching_protocols(theory)
+    return {
+        'level_of_theory': theory,
+        'protocol': protocol,
+        'code_version': code_version,
+        'production': is_production(theory, protocol),
+        'description': describe_level_of_theory(theory, protocol=protocol, code_version=code_version),
+    }
+
+
+def result_theory_summary(workchain: orm.WorkflowNode) -> dict:
+    """Return :func:`theory_summary` of a finished ``MadDftWorkChain`` (the code version from its pw.x code)."""
+    theory = workchain.outputs.properties['level_of_theory']
+    version = None
+    codes = workchain.base.links.get_incoming(link_label_filter='scf__pw__code').all_nodes()
+    if codes:
+        version = codes[0].base.extras.get(CODE_VERSION_EXTRA, None)
+    return theory_summary(theory, str(version) if version else None)
 
 
 def occupied_bands(structure: orm.StructureData, family) -> int:

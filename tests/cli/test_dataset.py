@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
+import zipfile
 
 import ase.io
 import numpy as np
@@ -34,6 +35,7 @@ RECORD_ARGS = [
     'Ada Lovelace|Analytical Engine Lab;EPFL',
     '--reference',
     'Preprint|Mazitov et al., PET-MAD (2025)|https://arxiv.org/abs/2503.14118',
+    '--allow-test-grade',  # the test data are computed with the `fast` protocol
 ]
 
 
@@ -54,7 +56,7 @@ def dataset(labelled, run_cli_command):
     except ValueError:
         pass
     result = run_cli_command(['dataset', 'build', NAME, *GROUP_ARGS, '--seed', '3'])
-    assert 'mc3d: 1 frames; excluded 1 failed (exit status 310: 1), 1 duplicate' in result.output
+    assert 'mc3d: 1 frame; excluded 1 failed (exit status 310: 1), 1 duplicate' in result.output
     assert f'dataset {NAME}<' in result.output
     return load_dataset(NAME)
 
@@ -71,7 +73,12 @@ def test_list_and_show(dataset, run_cli_command):
     assert NAME in listed and dataset.fingerprint[:16] in listed
     shown = run_cli_command(['dataset', 'show', NAME]).output
     assert dataset.content_hash in shown
-    assert 'mc3d: 1 frames; excluded 1 failed (exit status 310: 1), 1 duplicate' in shown
+    # The level of theory in words: the `fast` protocol of the test data, found from the stored results.
+    assert dataset.theory['protocol'] == 'fast' and dataset.theory['production'] is False
+    assert f'theory        {dataset.theory_description}' in shown
+    assert 'protocol fast (test grade)' in dataset.theory_description
+    assert ', 30/240 Ry, cold smearing 0.01 Ry, ' in dataset.theory_description
+    assert 'mc3d: 1 frame; excluded 1 failed (exit status 310: 1), 1 duplicate' in shown
     assert 'mc3d-rattled: 2 frames' in shown
     assert 'H Si' in shown
 
@@ -153,6 +160,7 @@ def test_colabfit_export(dataset, run_cli_command, tmp_path):
     configurations = (target / 'configurations.jsonl').read_text().splitlines()
     assert len(configurations) == dataset.n_frames
     assert dataset_json['authors'] == ['Ada Lovelace']
+    assert dataset_json['level_of_theory'] == dataset.theory_description
     sets = [json.loads(line) for line in (target / 'configuration_sets.jsonl').read_text().splitlines()]
     # One configuration set per subset, which together hold every configuration.
     assert sorted(item['name'] for item in sets) == sorted(dataset.counts)
@@ -183,9 +191,25 @@ def test_record_folder_is_complete(dataset, run_cli_command, tmp_path):
     metadata = yaml.safe_load((target / 'metadata.yml').read_text())
     assert metadata['authors'][0] == {'name': 'Ada Lovelace', 'affiliations': ['Analytical Engine Lab', 'EPFL']}
     assert len(metadata['keywords']) == 3
+    assert metadata['level_of_theory'] == dataset.theory_description and metadata['test_grade'] is True
+    assert dataset.theory_description in metadata['description']
     readme = (target / 'README.md').read_text()
+    assert '## Level of theory' in readme and '**Test grade.**' in readme
+    with zipfile.ZipFile(target / 'mad-colabfit.zip') as archive:
+        colabfit = json.loads(archive.read('dataset.json'))
+    assert colabfit['level_of_theory'] == dataset.theory_description
+    report = (target / 'mad.report.html').read_text()
+    assert 'id="test-grade"' in report and 'protocol fast (test grade)' in report
     for name in names - {'README.md', '.aiida-mad-export.json'}:  # the marker of the folder is not record content
         assert name in readme, name
+
+
+def test_record_refuses_test_grade_data_without_the_flag(dataset, run_cli_command, tmp_path):
+    target = tmp_path / 'record'
+    result = run_cli_command(['dataset', 'record', NAME, str(target), *RECORD_ARGS[:-1]], raises=True)
+    assert 'not at a production level of theory' in result.output and '--allow-test-grade' in result.output
+    assert 'protocol fast (test grade)' in result.output
+    assert not target.exists()
 
 
 def test_record_refuses_incomplete_metadata_and_writes_nothing(dataset, run_cli_command, tmp_path):
@@ -210,7 +234,7 @@ def test_record_refuses_to_exceed_the_archive_limits(dataset, tmp_path):
         'references': [{'type': 'Preprint', 'citation': 'z'}],
     }
     with pytest.raises(ExportError, match='limit'):
-        write_dataset_record(dataset, tmp_path / 'record', metadata=metadata, file_limit=1000)
+        write_dataset_record(dataset, tmp_path / 'record', metadata=metadata, file_limit=1000, allow_test_grade=True)
     assert not (tmp_path / 'record').exists()
 
 

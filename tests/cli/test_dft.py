@@ -54,7 +54,9 @@ def test_submit_refuses_missing_elements_before_submitting(run_cli_command, pw_c
         ],
         raises=True,
     )
-    assert 'no pseudopotential' in result.output and 'Ce (1 structures)' in result.output
+    assert 'no pseudopotential' in result.output and 'Ce (1 structure)' in result.output
+    ce_pk = next(node.pk for node in group.nodes if 'Ce' in node.get_symbols_set())
+    assert f'Ce<{ce_pk}> (Ce)' in result.output  # the structure that needs it, by pk
     assert count_workchains() == 0
 
 

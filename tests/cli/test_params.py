@@ -112,7 +112,7 @@ def test_refused_submission_creates_no_process_group(run_refused, dft_args):
     group = orm.Group(label='mad/structures/mixed').store()
     for atoms in (bulk('Si', 'diamond', a=5.43), bulk('Ce', 'fcc', a=5.16)):
         group.add_nodes(orm.StructureData(ase=atoms).store())
-    run_refused(['dft', 'submit', group.label, *dft_args], 'nothing submitted', 'Ce (1 structures)')
+    run_refused(['dft', 'submit', group.label, *dft_args], 'nothing submitted', 'Ce (1 structure)')
     assert not group_exists('mad/dft/mixed')
 
 

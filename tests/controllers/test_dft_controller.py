@@ -92,8 +92,8 @@ def test_validate_pending_lists_every_problem_and_submits_nothing(pw_code, offli
     with pytest.raises(ValueError, match='nothing submitted') as excinfo:
         controller.validate_pending()
     message = str(excinfo.value)
-    assert 'Ce (1 structures)' in message
-    assert 'Eu (1 structures)' in message
+    assert 'Ce (1 structure)' in message
+    assert 'Eu (1 structure)' in message
     assert 'Si2' in message and '0.5' in message
     assert orm.QueryBuilder().append(orm.Node).count() == nodes_before
 

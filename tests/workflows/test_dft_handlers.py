@@ -257,3 +257,52 @@ def test_locked_state_covers_kpoints_structure_and_pseudos(locked_inputs, offlin
     assert _locked_state(parameters, kpoints, other, pseudos)['structure'] != before['structure']
     swapped = {'Si': offline_family.get_pseudo('Ge')}
     assert _locked_state(parameters, kpoints, structure, swapped)['pseudos'] != before['pseudos']
+
+
+def restart_reports(node) -> str:
+    """Return the reports of the ``MadPwBaseWorkChain`` called by a ``MadDftWorkChain``, joined."""
+    (base,) = [child for child in node.called if child.process_label == 'MadPwBaseWorkChain']
+    return ' '.join(log.message for log in orm.Log.collection.get_logs_for(base))
+
+
+def test_fermi_energy_not_bracketed_restarts_with_more_bands(make_fault_code, offline_family):
+    """pw.x stops with `cannot bracket Ef` on an isolated atom; the restart with more bands finishes it."""
+    from ase import Atoms
+
+    from aiida_mad.workflows.dft import BRACKET_MESSAGE
+
+    atom = orm.StructureData(ase=Atoms('Si', positions=[[0.0, 0.0, 0.0]], pbc=False))
+    builder = MadDftWorkChain.get_builder_from_protocol(make_fault_code('bracket'), atom, 'fast')
+    _, node = run_get_node(builder)
+
+    assert node.is_finished_ok, f'{node.exit_status}: {node.exit_message}'
+    first, second = pw_calculations(node)
+    assert first.is_failed
+    assert BRACKET_MESSAGE in first.outputs.retrieved.base.repository.get_object_content('aiida.out')
+    assert second.is_finished_ok
+    inputs = [parse_pw_input(written_input(calc)) for calc in (first, second)]
+    system = [written['namelists']['system'] for written in inputs]
+    electrons = [written['namelists']['electrons'] for written in inputs]
+    # How pw.x gets there changed: more bands than pw.x's default (4 valence electrons: 2 occupied bands, default
+    # max(1.2 x 2, 2 + 4) = 6), an atomic+random start, half the mixing.
+    assert 'nbnd' not in system[0] and system[1]['nbnd'] == 10
+    assert electrons[1]['startingwfc'] == 'atomic+random'
+    assert electrons[1]['mixing_beta'] == pytest.approx(0.5 * electrons[0]['mixing_beta'])
+    # What it converges to did not: the level of theory of both runs is the same.
+    assert locked(inputs[0]) == locked(inputs[1])
+    assert 'cannot bracket Ef: nbnd 10' in restart_reports(node)
+
+
+def test_fermi_energy_never_bracketed_is_given_up(make_fault_code, offline_family):
+    """Every run stops with `cannot bracket Ef`: after two restarts the labelling fails, with every run kept."""
+    from ase import Atoms
+
+    atom = orm.StructureData(ase=Atoms('Si', positions=[[0.0, 0.0, 0.0]], pbc=False))
+    builder = MadDftWorkChain.get_builder_from_protocol(make_fault_code('bracket-always'), atom, 'fast')
+    _, node = run_get_node(builder)
+    assert node.exit_status == MadDftWorkChain.exit_codes.ERROR_SCF_FAILED.status
+    calculations = pw_calculations(node)
+    assert len(calculations) == 3 and all(calc.is_failed for calc in calculations)  # the first run and two restarts
+    last = parse_pw_input(written_input(calculations[-1]))['namelists']
+    assert last['system']['nbnd'] == 20 and last['electrons']['diagonalization'] == 'cg'
+    assert 'Ef still not bracketed after 2 restarts' in restart_reports(node)
