@@ -54,6 +54,27 @@ def _validated_pool(values: tuple[str, ...], family) -> tuple[list[str] | None, 
     return pool, available
 
 
+def labelling_family(family):
+    """Return ``(family, why)``: the family the labelling will use, to intersect the element pool with.
+
+    The one given with -F; else the default protocol's family if installed; else the offline family if installed;
+    else ``None`` (no family installed: the pool is not restricted).
+    """
+    from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+    from aiida_mad.pseudos import offline_family_label
+    from aiida_mad.workflows.dft import MadDftWorkChain
+
+    if family is not None:
+        return family, 'given with -F'
+    default = MadDftWorkChain.get_protocol_inputs()['pseudo_family']
+    for label, why in ((default, "the default protocol's"), (offline_family_label(), 'the offline family')):
+        found = PseudoPotentialFamily.collection.find(filters={'label': label})
+        if found:
+            return found[0], why
+    return None, None
+
+
 @click.group('structures')
 def cmd_structures():
     """Store seeds, import structures and generate the MAD and MP-ALOE subsets into groups."""
@@ -195,7 +216,10 @@ def cmd_structures_import(
 )
 @click.option('-s', '--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed.')
 @ELEMENT_POOL()
-@params.PSEUDO_FAMILY(help='Intersect the element pool with the elements of this pseudopotential family.')
+@params.PSEUDO_FAMILY(
+    help='Intersect the element pool with the elements of the family the labelling will use (default: the default '
+    "protocol's family, SSSP/1.2/PBEsol/efficiency, if installed, else the offline family if installed)."
+)
 @click.option(
     '--batch-size',
     type=click.IntRange(1, MAX_BATCH_SIZE),
@@ -233,10 +257,23 @@ def cmd_structures_generate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from aiida_mad.structures.elements import element_pool as resolve_pool
     from aiida_mad.structures.registry import GenerationError
     from aiida_mad.workflows.generate import StructureGeneration
 
+    pseudo_family, why = labelling_family(pseudo_family)
     pool, available = _validated_pool(element_pool, pseudo_family)
+    if pseudo_family is None:
+        echo.echo_warning(
+            'no pseudopotential family installed: the element pool is not restricted to one; run '
+            '`aiida-mad setup localhost` (offline family) or install SSSP before labelling'
+        )
+    else:
+        size = len(resolve_pool(available, include=pool))
+        echo.echo_report(
+            f'element pool: {size} element{"s" * (size != 1)}, those of {pseudo_family.label} ({why}) '
+            + ('among --element-pool' if pool is not None else 'among the MAD elements')
+        )
     try:
         generation = StructureGeneration(
             subset,

@@ -87,6 +87,14 @@ def test_generate_each_subset_into_its_group(run_cli_command, seeds, subset, arg
         assert [node.get_formula() for node in nodes] == ['CO2']
 
 
+def test_generation_draws_only_elements_of_the_labelling_family(run_cli_command, seeds, offline_family):
+    """No -F and no SSSP installed: the pool is that of the offline family, which the labelling will use."""
+    result = run_cli_command(['structures', 'generate', 'mc3d-random', '--count', '6', '--seed', '5'])
+    assert f'those of {offline_family.label} (the offline family) among the MAD elements' in result.output
+    drawn = {symbol for node in group_nodes('mad/structures/mc3d-random') for symbol in node.get_symbols_set()}
+    assert drawn and drawn <= set(offline_family.elements)
+
+
 def test_generate_mp_aloe_from_the_bundled_prototypes(run_cli_command):
     run_cli_command(['structures', 'seeds', '--source', 'prototypes'])
     result = run_cli_command(['structures', 'generate', 'mp-aloe', '-n', '6', '-s', '1', '-e', 'Li,Na,Mg,Al,Si,O,S'])
