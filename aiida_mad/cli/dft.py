@@ -179,15 +179,22 @@ def print_status(controller):
 
     code = orm.load_code(controller.code)
     echo.echo(f'level of theory: {protocol_description(code, controller.protocol, controller.overrides)}')
+    status = controller.status()
     table = Table(title=f'{controller.parent_group_label} -> {controller.group_label} [{controller.fingerprint[:16]}]')
-    table.add_column('subset')
+    # Subset names are never cut (`shiftml-molfrags`, not `shiftml-mol…`); the exit statuses wrap instead.
+    table.add_column('subset', no_wrap=True, min_width=max([len('subset'), *(len(subset) for subset in status)]))
     for state in STATES:
-        table.add_column(state, justify='right')
-    table.add_column('failed exit statuses')
-    for subset, entry in controller.status().items():
-        statuses = ', '.join(f'{status}: {count}' for status, count in sorted(entry.exit_statuses.items(), key=str))
+        table.add_column(state, justify='right', no_wrap=True)
+    table.add_column('failed exit statuses', overflow='fold')
+    for subset, entry in status.items():
+        statuses = ', '.join(
+            f'{exit_status}: {count}' for exit_status, count in sorted(entry.exit_statuses.items(), key=str)
+        )
         table.add_row(subset, *(str(entry.counts[state]) for state in STATES), statuses)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
+    console.print(table)
 
 
 @click.group('dft')

@@ -88,8 +88,26 @@ def query_frames_command(
         ]
         echo.echo(tabulate(table, headers=['Source uuid', 'Subset', 'Split', 'Atoms', 'E/atom (eV)', 'max |F| (eV/Å)']))
     echo.echo_report(
-        f'{len(rows)} of {node.n_frames} frame{"s" * (node.n_frames != 1)} match' + (f' (showing {len(shown)})' if len(shown) < len(rows) else '')
+        f'{len(rows)} of {node.n_frames} frame{"s" * (node.n_frames != 1)} match'
+        + (f' (showing {len(shown)})' if len(shown) < len(rows) else '')
     )
+
+
+def describe_generator_info(info: dict) -> str:
+    """Return the generator's notes on a structure (its ``mad_info`` extra) in words, or an empty string."""
+    parts = []
+    if 'miller_index' in info:
+        parts.append(f'Miller index ({" ".join(str(index) for index in info["miller_index"])})')
+    if 'termination' in info:
+        total = info.get('n_terminations')
+        parts.append(f'termination {info["termination"]}' + (f' of {total}' if total is not None else ''))
+    if 'prototype' in info:
+        parts.append(f'prototype {info["prototype"]}')
+    if 'substitution' in info:
+        parts.append('substitution ' + ', '.join(f'{old}->{new}' for old, new in info['substitution'].items()))
+    if 'parent_formula' in info:
+        parts.append(f'from {info["parent_formula"]}')
+    return ('generator notes: ' + ', '.join(parts)) if parts else ''
 
 
 @cmd_query.command('lineage')
@@ -103,6 +121,7 @@ def query_lineage_command(uuid, as_json):
     every generator (with its seed), the DFT work chains and their fingerprint, and forward to the datasets that hold
     the frame and the processes (trainings) that used them.
     """
+    from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     from aiida_mad.query import lineage
@@ -111,11 +130,16 @@ def query_lineage_command(uuid, as_json):
         result = lineage(uuid)
     except (NotExistent, MultipleObjectsError, ValueError) as exception:
         echo.echo_critical(f'{uuid}: {exception}')
+    # What the generator noted about the structure (surface plane and termination, prototype, fragment...).
+    result['structure']['info'] = orm.load_node(result['structure']['uuid']).base.extras.get('mad_info', None) or {}
     if as_json:
         echo.echo(json.dumps(result, indent=1, default=str))
         return
     structure, seed = result['structure'], result['seed']
     echo.echo(f'Structure {structure["formula"]}<{structure["pk"]}> {structure["uuid"]} subset {structure["subset"]}')
+    notes = describe_generator_info(structure.get('info') or {})
+    if notes:
+        echo.echo(f'  {notes}')
     for step in result['generation']:
         if 'generator' in step:
             echo.echo(

@@ -95,6 +95,16 @@ def test_generation_draws_only_elements_of_the_labelling_family(run_cli_command,
     assert drawn and drawn <= set(offline_family.elements)
 
 
+def test_lineage_shows_the_plane_and_termination_of_a_surface(run_cli_command, seeds):
+    run_cli_command(['structures', 'generate', 'mc3d-surface', '--count', '1', '--from', 'mad/seeds/bulk'])
+    (surface,) = group_nodes('mad/structures/mc3d-surface')
+    info = surface.base.extras.get('mad_info')
+    result = run_cli_command(['query', 'lineage', surface.uuid])
+    miller = ' '.join(str(index) for index in info['miller_index'])
+    expected = f'Miller index ({miller}), termination {info["termination"]} of {info["n_terminations"]}'
+    assert f'generator notes: {expected}' in result.output
+
+
 def test_generate_mp_aloe_from_the_bundled_prototypes(run_cli_command):
     run_cli_command(['structures', 'seeds', '--source', 'prototypes'])
     result = run_cli_command(['structures', 'generate', 'mp-aloe', '-n', '6', '-s', '1', '-e', 'Li,Na,Mg,Al,Si,O,S'])
