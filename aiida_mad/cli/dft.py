@@ -93,12 +93,17 @@ class ProgressLines:
         self.last_time = None
         self.last_line = None
 
-    def update(self, line: str) -> None:
-        """Print ``line`` with the elapsed time if it differs from the last one or the interval has passed."""
+    def update(self, line: str, *, force: bool = True) -> None:
+        """Print ``line`` with the elapsed time if it differs from the last one or the interval has passed.
+
+        :param force: print a changed line at once; without, a changed line also waits for the interval (for
+            lines that change at every step, such as counts of stored structures).
+        """
         import time
 
         now = time.monotonic()
-        if line != self.last_line or self.last_time is None or now - self.last_time >= self.interval:
+        due = self.last_time is None or now - self.last_time >= self.interval
+        if due or (force and line != self.last_line):
             elapsed = int(now - self.start)
             echo.echo(f'[{elapsed // 60:d}:{elapsed % 60:02d}] {line}')
             self.last_line, self.last_time = line, now

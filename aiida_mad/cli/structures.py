@@ -255,11 +255,15 @@ def cmd_structures_generate(
     seed. The same command run twice adds nothing the second time; a larger --count with the same seed adds the
     missing structures. Draws refused by the plausibility checks are retried, then replaced by further draws.
     """
+    import sys
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from aiida_mad.structures.elements import element_pool as resolve_pool
     from aiida_mad.structures.registry import GenerationError
     from aiida_mad.workflows.generate import StructureGeneration
+
+    from .dft import ProgressLines
 
     pseudo_family, why = labelling_family(pseudo_family)
     pool, available = _validated_pool(element_pool, pseudo_family)
@@ -293,12 +297,23 @@ def cmd_structures_generate(
     echo.echo_report(
         f'{subset}: {generation.target} item(s) from {len(generation.candidates)} eligible parent(s), seed {seed}'
     )
-    columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task(subset, total=generation.target)
+    if sys.stdout.isatty():
+        columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns) as bar:
+            task = bar.add_task(subset, total=generation.target)
+
+            def advance(progress):
+                bar.update(task, completed=progress.done, description=f'{subset} ({progress.refused} refused)')
+
+            progress = generation.run(advance)
+    else:
+        # Not a terminal (a log, a pipe): a line at most every 10 seconds, whatever the batch size.
+        lines = ProgressLines(interval=10)
 
         def advance(progress):
-            bar.update(task, completed=progress.done, description=f'{subset} ({progress.refused} refused)')
+            lines.update(
+                f'{subset}: {progress.done}/{generation.target} stored ({progress.refused} refused)', force=False
+            )
 
         progress = generation.run(advance)
 

@@ -91,6 +91,7 @@ def test_generation_draws_only_elements_of_the_labelling_family(run_cli_command,
     """No -F and no SSSP installed: the pool is that of the offline family, which the labelling will use."""
     result = run_cli_command(['structures', 'generate', 'mc3d-random', '--count', '6', '--seed', '5'])
     assert f'those of {offline_family.label} (the offline family) among the MAD elements' in result.output
+    assert '] mc3d-random: ' in result.output and '/6 stored' in result.output  # progress lines off a terminal
     drawn = {symbol for node in group_nodes('mad/structures/mc3d-random') for symbol in node.get_symbols_set()}
     assert drawn and drawn <= set(offline_family.elements)
 
