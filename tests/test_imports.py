@@ -59,6 +59,7 @@ LAYERS = {
     'storage': 1,
     'controllers': 2,
     'workflows': 2,
+    'demo': 3,
     'export': 3,
     'query': 3,
     'cli': 4,

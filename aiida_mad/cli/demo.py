@@ -1,4 +1,4 @@
-"""``aiida-mad demo``: run a real pw.x calculation through the daemon and print what it computed."""
+"""``aiida-mad demo``: the data pipeline on a few tiny structures, through the daemon, resumable."""
 
 import click
 from aiida.cmdline.utils import decorators, echo
@@ -6,64 +6,96 @@ from aiida.cmdline.utils import decorators, echo
 from . import params
 from .utils import require_daemon
 
-
-def describe_job(calculation) -> str:
-    """Return a short state of a calculation: its scheduler state while queued or running, else its process state."""
-    scheduler_state = calculation.get_scheduler_state()
-    if scheduler_state is not None and not calculation.is_terminated:
-        return scheduler_state.value
-    return calculation.process_state.value if calculation.process_state else 'created'
+#: The stages of :mod:`aiida_mad.demo`; kept here so that ``--help`` needs no heavy import.
+STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training')
 
 
 @click.command('demo')
 @params.PW_CODE()
 @params.PSEUDO_FAMILY(default='offline', show_default=True)
-@params.TIMEOUT()
+@click.option(
+    '-o',
+    '--output-dir',
+    type=params.types.OutputPathParamType(file_okay=False),
+    default='mad-demo',
+    show_default=True,
+    help='Folder of the exports: export/ (extended XYZ, archives, chemiscope) and record/ (with the HTML report).',
+)
+@click.option(
+    '-T',
+    '--train-code',
+    default='mtt@localhost',
+    show_default=True,
+    help='The metatrain code of the training stage (`aiida-mad setup localhost` makes it).',
+)
+@click.option('--skip-training', is_flag=True, help='Stop after the export: no training stage.')
+@click.option('--until', type=click.Choice(STAGES), help='Stop after this stage (a later run goes on from there).')
+@click.option(
+    '--num-mpiprocs-per-machine',
+    type=click.IntRange(min=1),
+    default=None,
+    help='MPI ranks of each pw.x (default 1); the runs at once follow, so that ranks in all never exceed the cores.',
+)
+@params.TIMEOUT(help='Seconds to wait for the work chains of one stage before giving up waiting (they go on).')
 @decorators.with_dbenv()
-def cmd_demo(code, pseudo_family, timeout):
-    """Submit a pw.x calculation of bulk Si to the daemon, follow it, and print energy, forces and stress."""
-    import time
+def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, num_mpiprocs_per_machine, timeout):
+    """Run the data pipeline on a few tiny structures of every subset, through the daemon.
 
-    import numpy as np
-    from aiida.engine import submit
-    from aiida.orm import CalcJobNode
-    from rich.console import Console
+    Stages: bundled seeds and one or two tiny structures per subset; labelling with the `fast` protocol through the
+    submission controller; the isolated atoms of the elements present; the dataset `mad-demo`; its exports and
+    record folder with the HTML report; a tiny PET model. A stage skips what exists already, so running the demo
+    again after an interruption goes on where it stopped and repeats nothing. About 10 minutes on 2 cores.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
-    from aiida_mad.units import qe_stress_to_ase
-    from aiida_mad.workflows.demo import get_demo_builder
+    from aiida_mad.demo import DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, Demo, DemoError
 
+    training = not skip_training and until in (None, 'training')
+    mtt = None
+    if training:
+        try:
+            mtt = orm.load_code(train_code)
+        except (NotExistent, MultipleObjectsError) as exception:
+            raise click.BadParameter(
+                f'{exception}; make it with `aiida-mad setup localhost`, or pass --skip-training',
+                param_hint='--train-code',
+            ) from None
     require_daemon()
 
-    node = submit(get_demo_builder(code, pseudo_family.label))
-    echo.echo_report(f'submitted PwBaseWorkChain<{node.pk}> for bulk Si with {code.full_label}')
+    demo = Demo(
+        code,
+        pseudo_family.label,
+        output_dir,
+        train_code=mtt,
+        timeout=timeout,
+        num_mpiprocs=num_mpiprocs_per_machine,
+        report=echo.echo,
+    )
+    try:
+        result = demo.run(until=until)
+    except DemoError as exception:
+        echo.echo_critical(f'{exception}\nRun `aiida-mad demo` again to go on from there.')
 
-    console = Console()
-    start = time.monotonic()
-    with console.status('') as status:
-        while not node.is_terminated:
-            if time.monotonic() - start > timeout:
-                echo.echo_critical(f'PwBaseWorkChain<{node.pk}> still {node.process_state.value} after {timeout} s')
-            jobs = [child for child in node.called if isinstance(child, CalcJobNode)]
-            job = f', pw.x {describe_job(jobs[-1])}' if jobs else ''
-            state = node.process_state.value if node.process_state else 'created'
-            status.update(f'PwBaseWorkChain<{node.pk}> {state}{job} ({time.monotonic() - start:.0f} s)')
-            time.sleep(0.5)
-
-    if not node.is_finished_ok:
-        echo.echo_critical(
-            f'PwBaseWorkChain<{node.pk}> failed: exit status {node.exit_status} {node.exit_message or ""}; '
-            f'inspect it with `verdi process report {node.pk}`'
-        )
-    parameters = node.outputs.output_parameters
-    trajectory = node.outputs.output_trajectory
-    forces = trajectory.get_array('forces')[-1]
-    stress = qe_stress_to_ase(trajectory.get_array('stress')[-1])
-    echo.echo(f'process pk:  {node.pk}')
-    echo.echo(f'energy:      {parameters["energy"]:.6f} eV')
-    echo.echo('forces (eV/Å):')
-    for symbol, force in zip(node.inputs.pw.structure.get_ase().get_chemical_symbols(), forces, strict=True):
-        echo.echo(f'  {symbol:<3} {force[0]:12.6f} {force[1]:12.6f} {force[2]:12.6f}')
-    echo.echo('stress (eV/Å³, ASE sign: positive = tensile):')
-    for row in np.asarray(stress):
-        echo.echo(f'  {row[0]:12.6f} {row[1]:12.6f} {row[2]:12.6f}')
-    echo.echo_success(f'pw.x ran in {time.monotonic() - start:.0f} s through the daemon')
+    echo.echo('')
+    echo.echo_success(f'demo done: {", ".join(result.stages)}')
+    echo.echo(f'  structures   {STRUCTURES_GROUP}/<subset> and {STRUCTURES_GROUP}')
+    echo.echo(f'  DFT results  {DFT_GROUP}')
+    if result.dataset is not None:
+        echo.echo(f'  dataset      {DATASET_NAME}<{result.dataset.pk}>')
+    if result.record_dir is not None:
+        echo.echo(f'  exports      {result.export_dir}')
+        echo.echo(f'  record       {result.record_dir}')
+        echo.echo(f'  report       {result.record_dir / "mad.report.html"}')
+    if result.training is not None:
+        echo.echo(f'  model        {result.training.outputs.model.pk} (TrainWorkChain<{result.training.pk}>)')
+    echo.echo('Explore them with:')
+    echo.echo(f'  verdi group list -a -p {STRUCTURES_GROUP.split("/")[0]}')
+    echo.echo('  verdi process list -a -p 1')
+    echo.echo(f'  aiida-mad dft status {STRUCTURES_GROUP} -X {code.full_label} -P fast -F {pseudo_family.label}')
+    if result.dataset is not None:
+        echo.echo(f'  aiida-mad dataset show {DATASET_NAME}')
+        echo.echo(f'  aiida-mad query frames {DATASET_NAME}')
+        echo.echo(f'  verdi node show {result.dataset.pk}')
+    if result.training is not None:
+        echo.echo(f'  aiida-mad model show {result.training.outputs.model.pk}')

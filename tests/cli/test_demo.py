@@ -1,0 +1,137 @@
+"""``aiida-mad demo`` end to end through click's runner: real pw.x through a real daemon, interrupted and re-run."""
+
+import pytest
+from aiida import orm
+
+from aiida_mad.constants import ALL_SUBSETS, process_type
+from aiida_mad.demo import DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, subset_group_label
+from aiida_mad.export.folders import read_marker
+from aiida_mad.workflows.train import TrainWorkChain
+
+PW_PROCESS_TYPE = 'aiida.calculations:quantumespresso.pw'
+
+
+def count_nodes(cls=orm.ProcessNode, process_type_=None) -> int:
+    filters = {'process_type': process_type_} if process_type_ else {}
+    return orm.QueryBuilder().append(cls, filters=filters).count()
+
+
+def stage_lines(output: str) -> list[str]:
+    """Return the stage lines of the demo's output, e.g. ``[1/2] structures``."""
+    return [line.split(':')[0] for line in output.splitlines() if line.startswith('[')]
+
+
+def generated_structures() -> int:
+    query = orm.QueryBuilder().append(orm.StructureData, filters={'extras': {'has_key': 'mad_generation_key'}})
+    return query.count()
+
+
+def isolated_atom_elements() -> list[str]:
+    query = orm.QueryBuilder().append(
+        orm.WorkflowNode, filters={'process_type': process_type('mad.dft.isolated_atoms')}
+    )
+    return sorted(element for node in query.all(flat=True) for element in node.inputs.elements.get_list())
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_demo_interrupted_then_resumed_repeats_nothing(
+    run_cli_command, pw_code, offline_family, mtt, started_daemon_client, tmp_path
+):
+    output_dir = tmp_path / 'demo'
+    args = ['demo', '--code', pw_code.full_label, '--output-dir', output_dir, '--skip-training']
+
+    # Interrupted after the labelling: the later stages have not run.
+    first = run_cli_command([*args, '--until', 'labelling'])
+    print(first.output)
+    assert stage_lines(first.output) == ['[1/2] structures'] * 2 + ['[2/2] labelling'] * 2
+    for subset in ALL_SUBSETS:
+        nodes = orm.load_group(label=subset_group_label(subset)).nodes
+        assert nodes, f'no structure of {subset}'
+        # Tiny cells: the CO2 molecular crystal (12 atoms) is the largest.
+        assert all(len(node.sites) <= (12 if subset == 'shiftml-molcrys' else 4) for node in nodes), subset
+    structures = orm.load_group(label=STRUCTURES_GROUP).count()
+    dft = orm.load_group(label=DFT_GROUP)
+    assert dft.count() == structures
+    assert all(node.is_finished_ok for node in dft.nodes), [node.exit_status for node in dft.nodes]
+    assert isolated_atom_elements() == []
+    assert not output_dir.exists()
+    pw_jobs = count_nodes(orm.CalcJobNode, PW_PROCESS_TYPE)
+    generated = generated_structures()
+
+    # Resumed: nothing of the first stages is made again; the others run.
+    second = run_cli_command(args)
+    print(second.output)
+    assert stage_lines(second.output) == [
+        f'[{n}/5] {stage}'
+        for n, stage in enumerate(('structures', 'labelling', 'isolated-atoms', 'dataset', 'export'), start=1)
+        for _ in range(2)
+    ]
+    assert '0 seeds and 0 generated structures stored now' in second.output
+    assert f'{structures} labelled, 0 submitted now' in second.output
+    assert orm.load_group(label=DFT_GROUP).count() == structures
+    assert generated_structures() == generated
+    elements = sorted(
+        {symbol for node in orm.load_group(label=STRUCTURES_GROUP).nodes for symbol in node.get_symbols_set()}
+    )
+    assert isolated_atom_elements() == elements
+    # The only new pw.x runs are those of the isolated atoms (the isolated atom itself creates structures).
+    assert count_nodes(orm.CalcJobNode, PW_PROCESS_TYPE) - pw_jobs == len(elements)
+    from aiida_mad.workflows.dataset import load_dataset
+
+    dataset = load_dataset(DATASET_NAME)
+    # Every subset is in the dataset, unless its structure is an outlier (the fast protocol is test-grade).
+    record = dataset.selection['subsets']
+    assert sorted(record) == sorted(ALL_SUBSETS)
+    assert sorted(dataset.counts) == sorted(subset for subset in ALL_SUBSETS if not record[subset]['outlier'])
+    assert len(dataset.counts) >= len(ALL_SUBSETS) - 2
+    assert sorted(dataset.atomic_energies) == elements
+    assert read_marker(output_dir / 'export')['kind'] == 'export'
+    assert read_marker(output_dir / 'record')['kind'] == 'record'
+    assert (output_dir / 'record' / 'mad.report.html').is_file()
+    assert (output_dir / 'export' / 'mad-train.xyz').is_file()
+    for command in ('verdi group list', f'aiida-mad dataset show {DATASET_NAME}', 'aiida-mad query frames'):
+        assert command in second.output
+    assert str(output_dir / 'record') in second.output
+
+    # Once more: every stage finds its work done and nothing at all is stored.
+    nodes = count_nodes(orm.Node)
+    third = run_cli_command(args)
+    print(third.output)
+    assert count_nodes(orm.Node) == nodes
+    assert f'dataset {DATASET_NAME}<{dataset.pk}> already there' in third.output
+    assert 'export and record already there' in third.output
+
+    # The training stage: a tiny PET on the dataset; run again, it trains nothing more.
+    training = [*args[:-1], '--train-code', mtt.full_label]
+    fourth = run_cli_command(training)
+    print(fourth.output)
+    assert '[6/6] training' in fourth.output
+    assert count_nodes(orm.CalcJobNode, PW_PROCESS_TYPE) == pw_jobs + len(elements)
+    (train,) = (
+        orm.QueryBuilder()
+        .append(orm.WorkflowNode, filters={'process_type': TrainWorkChain.build_process_type()})
+        .all(flat=True)
+    )
+    assert train.is_finished_ok, train.exit_message
+    assert train.inputs.metatrain.dataset.uuid == dataset.uuid
+    nodes = count_nodes(orm.Node)
+    fifth = run_cli_command(training)
+    assert count_nodes(orm.Node) == nodes
+    assert f'TrainWorkChain<{train.pk}> finished' in fifth.output
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_demo_refuses_unknown_family(run_refused, pw_code):
+    run_refused(['demo', '--code', pw_code.full_label, '--pseudo-family', 'no/such/family'], 'no/such/family')
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_demo_refuses_missing_training_code(run_refused, pw_code, offline_family):
+    run_refused(
+        ['demo', '--code', pw_code.full_label, '--train-code', 'nomtt@nowhere'], 'nomtt@nowhere', '--skip-training'
+    )
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_demo_says_when_daemon_is_down(run_refused, pw_code, offline_family, stopped_daemon_client):
+    run_refused(['demo', '--code', pw_code.full_label, '--skip-training'], 'daemon', 'not running')
