@@ -41,9 +41,15 @@ import io
 import re
 
 from aiida import orm
-from aiida.common import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
+from aiida_mad.calculations.training import (
+    calculation_info,
+    check_training_splits,
+    checked_keys,
+    define_training_exit_codes,
+    set_option_defaults,
+)
 from aiida_mad.data.dataset import DatasetData
 
 __all__ = (
@@ -104,11 +110,7 @@ def get_settings(settings: dict | None) -> dict:
 
     :raises ValueError: naming the unknown key or the bad value.
     """
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise ValueError(f'unknown settings key(s) {unknown}: allowed are {sorted(DEFAULT_SETTINGS)}')
-    merged = {**DEFAULT_SETTINGS, **settings}
+    merged = checked_keys(settings, DEFAULT_SETTINGS, 'settings')
     if merged['e0s'] not in ('baseline', 'average'):
         raise ValueError(f"settings.e0s must be 'baseline' or 'average', got {merged['e0s']!r}")
     return merged
@@ -212,20 +214,6 @@ def validate_parameters(config: dict):
             raise ValueError(f'mace_run_train options: {message}') from None
 
 
-def check_dataset(dataset: DatasetData) -> None:
-    """Check that ``dataset`` has training and validation frames.
-
-    :raises ValueError: naming the dataset.
-    """
-    counts = dataset.base.attributes.get('split_counts') or {}
-    for split, what in (('train', 'training'), ('val', 'validation')):
-        if not counts.get(split):
-            raise ValueError(
-                f'dataset {dataset.name} (pk {dataset.pk}) has no {what} frames (split counts {counts}): '
-                'mace_run_train needs both'
-            )
-
-
 _CHECKPOINT = re.compile(rf'{MODEL_NAME}_run-(\d+)_epoch-(\d+)(_swa)?\.pt$')
 
 
@@ -243,7 +231,7 @@ def validate_inputs(value, _):
         return None
     try:
         settings = get_settings(value['settings'].get_dict() if 'settings' in value else None)
-        check_dataset(dataset)
+        check_training_splits(dataset, 'mace_run_train')
         e0s = e0s_from_dataset(dataset, settings)
         config = build_config(parameters.get_dict(), e0s, restart='restart' in value)
         arguments = validate_parameters(config)
@@ -288,10 +276,7 @@ class MaceTrainCalculation(CalcJob):
             'restart', valid_type=orm.SinglefileData, required=False, help='MACE checkpoint to continue training from.'
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs['metadata']['options']['parser_name'].default = cls._DEFAULT_PARSER
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        spec.inputs['metadata']['options']['withmpi'].default = False
-        spec.inputs['metadata']['options']['output_filename'].default = STDOUT_FILE
+        set_option_defaults(spec, cls._DEFAULT_PARSER, STDOUT_FILE)
 
         spec.output('model', help='The MACE model (`mad.model`, architecture `mace`).')
         spec.output('compiled_model', valid_type=orm.SinglefileData, required=False, help='The TorchScript model.')
@@ -306,36 +291,7 @@ class MaceTrainCalculation(CalcJob):
         spec.default_output_node = 'results'
 
         # The exit codes of ``mad.metatrain``, same numbers and meanings.
-        spec.exit_code(
-            301,
-            'ERROR_MISSING_OUTPUT_FILES',
-            message='mace_run_train finished without writing {files}.',
-            invalidates_cache=True,
-        )
-        spec.exit_code(302, 'ERROR_INVALID_OPTIONS', message='mace_run_train refused the options: {message}')
-        spec.exit_code(303, 'ERROR_READING_METRICS', message='could not read the metrics: {message}')
-        spec.exit_code(310, 'ERROR_ARCHITECTURE_IMPORT', message='mace_run_train could not import a module: {message}')
-        spec.exit_code(320, 'ERROR_NAN_LOSS', message='the loss became NaN (epoch {epoch}): {message}')
-        spec.exit_code(350, 'ERROR_TRAINING_FAILED', message='mace_run_train failed: {message}')
-        spec.exit_code(
-            400,
-            'ERROR_OUT_OF_WALLTIME',
-            message='walltime reached after epoch {epoch}; restart from checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
-        spec.exit_code(
-            410,
-            'ERROR_OUT_OF_MEMORY',
-            message='out of memory: {message}; checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
-        spec.exit_code(
-            420,
-            'ERROR_TRAINING_INTERRUPTED',
-            message='mace_run_train stopped after epoch {epoch} without an error (killed or node failure); '
-            'restart from checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
+        define_training_exit_codes(spec, 'mace_run_train', 'mace_run_train could not import a module')
 
     def prepare_for_submission(self, folder):
         """Write ``config.yaml`` and the split files, and return the calculation info."""
@@ -364,24 +320,20 @@ class MaceTrainCalculation(CalcJob):
             target = f'{CHECKPOINTS}/{MODEL_NAME}_run-{config["seed"]}_epoch-{epoch}.pt'
             local_copy_list.append((node.uuid, node.filename, target))
 
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['--config', CONFIG_FILE]
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.stderr_name = STDERR_FILE
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [
-            MODEL_FILE,
-            COMPILED_FILE,
-            STAGETWO_FILE,
-            STAGETWO_COMPILED_FILE,
-            STDOUT_FILE,
-            STDERR_FILE,
-            f'{LOGS}/{MODEL_NAME}_run-*.log',
-            f'{RESULTS}/{MODEL_NAME}_run-*_train.txt',
-        ]
-        calcinfo.retrieve_temporary_list = [f'{CHECKPOINTS}/{MODEL_NAME}_run-*_epoch-*.pt']
-        return calcinfo
+        return calculation_info(
+            self,
+            ['--config', CONFIG_FILE],
+            stderr=STDERR_FILE,
+            local_copy_list=local_copy_list,
+            retrieve_list=[
+                MODEL_FILE,
+                COMPILED_FILE,
+                STAGETWO_FILE,
+                STAGETWO_COMPILED_FILE,
+                STDOUT_FILE,
+                STDERR_FILE,
+                f'{LOGS}/{MODEL_NAME}_run-*.log',
+                f'{RESULTS}/{MODEL_NAME}_run-*_train.txt',
+            ],
+            retrieve_temporary_list=[f'{CHECKPOINTS}/{MODEL_NAME}_run-*_epoch-*.pt'],
+        )

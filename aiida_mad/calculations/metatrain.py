@@ -36,9 +36,15 @@ import pathlib
 import re
 
 from aiida import orm
-from aiida.common import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
+from aiida_mad.calculations.training import (
+    calculation_info,
+    check_training_splits,
+    checked_keys,
+    define_training_exit_codes,
+    set_option_defaults,
+)
 from aiida_mad.data.dataset import DatasetData
 
 __all__ = (
@@ -84,11 +90,7 @@ def get_settings(settings: dict | None) -> dict:
 
     :raises ValueError: naming the unknown key or the bad value.
     """
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise ValueError(f'unknown settings key(s) {unknown}: allowed are {sorted(DEFAULT_SETTINGS)}')
-    merged = {**DEFAULT_SETTINGS, **settings}
+    merged = checked_keys(settings, DEFAULT_SETTINGS, 'settings')
     for key, choices in _SETTINGS_CHOICES.items():
         if merged[key] not in choices:
             raise ValueError(f'settings.{key} must be one of {list(choices)}, got {merged[key]!r}')
@@ -251,10 +253,7 @@ def check_dataset(dataset: DatasetData, settings: dict) -> None:
     """
     attributes = dataset.base.attributes.all
     label = f'dataset {attributes.get("name")} (pk {dataset.pk})'
-    counts = attributes.get('split_counts') or {}
-    for split, what in (('train', 'training'), ('val', 'validation')):
-        if not counts.get(split):
-            raise ValueError(f'{label} has no {what} frames (split counts {counts}): metatrain needs both')
+    check_training_splits(dataset, 'metatrain')
     n_frames = attributes.get('n_frames', 0)
     if settings['target'] == 'dos':
         n_dos = attributes.get('n_with_dos', 0)
@@ -376,10 +375,7 @@ class MetatrainCalculation(CalcJob):
             help='Fine-tune a base model trained at another level of theory (recorded on the model).',
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs['metadata']['options']['parser_name'].default = cls._DEFAULT_PARSER
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        spec.inputs['metadata']['options']['withmpi'].default = False
-        spec.inputs['metadata']['options']['output_filename'].default = STDOUT_FILE
+        set_option_defaults(spec, cls._DEFAULT_PARSER, STDOUT_FILE)
 
         spec.output('model', help='The exported model (`mad.model`).')
         spec.output(
@@ -392,38 +388,7 @@ class MetatrainCalculation(CalcJob):
         spec.output('results', valid_type=orm.Dict, required=False, help='Final errors, epochs, parameter counts.')
         spec.default_output_node = 'results'
 
-        spec.exit_code(
-            301,
-            'ERROR_MISSING_OUTPUT_FILES',
-            message='mtt train finished without writing {files}.',
-            invalidates_cache=True,
-        )
-        spec.exit_code(302, 'ERROR_INVALID_OPTIONS', message='mtt train refused the options: {message}')
-        spec.exit_code(303, 'ERROR_READING_METRICS', message='could not read the metrics: {message}')
-        spec.exit_code(
-            310, 'ERROR_ARCHITECTURE_IMPORT', message='metatrain could not import the architecture: {message}'
-        )
-        spec.exit_code(320, 'ERROR_NAN_LOSS', message='the loss became NaN (epoch {epoch}): {message}')
-        spec.exit_code(350, 'ERROR_TRAINING_FAILED', message='mtt train failed: {message}')
-        spec.exit_code(
-            400,
-            'ERROR_OUT_OF_WALLTIME',
-            message='walltime reached after epoch {epoch}; restart from checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
-        spec.exit_code(
-            410,
-            'ERROR_OUT_OF_MEMORY',
-            message='out of memory: {message}; checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
-        spec.exit_code(
-            420,
-            'ERROR_TRAINING_INTERRUPTED',
-            message='mtt train stopped after epoch {epoch} without an error (killed or node failure); '
-            'restart from checkpoint {checkpoint}',
-            invalidates_cache=True,
-        )
+        define_training_exit_codes(spec, 'mtt train', 'metatrain could not import the architecture')
 
     def prepare_for_submission(self, folder):
         """Write ``options.yaml`` and the split files, and return the calculation info."""
@@ -452,19 +417,15 @@ class MetatrainCalculation(CalcJob):
             node = self.inputs.base_model
             local_copy_list.append((node.uuid, node.filename, BASE_MODEL_FILE))
 
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = cmdline
-        codeinfo.stdout_name = self.metadata.options.output_filename
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [
-            MODEL_FILE,
-            CHECKPOINT_FILE,
-            codeinfo.stdout_name,
-            *[f'outputs/*/*/{name}' for name in OUTPUT_FOLDER_FILES],
-        ]
-        calcinfo.retrieve_temporary_list = ['outputs/*/*/model_*.ckpt']
-        return calcinfo
+        return calculation_info(
+            self,
+            cmdline,
+            local_copy_list=local_copy_list,
+            retrieve_list=[
+                MODEL_FILE,
+                CHECKPOINT_FILE,
+                self.metadata.options.output_filename,
+                *[f'outputs/*/*/{name}' for name in OUTPUT_FOLDER_FILES],
+            ],
+            retrieve_temporary_list=['outputs/*/*/model_*.ckpt'],
+        )

@@ -34,9 +34,9 @@ from __future__ import annotations
 import json
 
 from aiida import orm
-from aiida.common import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
+from aiida_mad.calculations.training import calculation_info, checked_keys, set_option_defaults
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.data.model import ModelData
 
@@ -76,11 +76,7 @@ def get_parameters(parameters: dict | None) -> dict:
 
     :raises ValueError: naming the unknown key or the bad value.
     """
-    parameters = dict(parameters or {})
-    unknown = sorted(set(parameters) - set(DEFAULT_PARAMETERS))
-    if unknown:
-        raise ValueError(f'unknown parameters key(s) {unknown}: allowed are {sorted(DEFAULT_PARAMETERS)}')
-    merged = {**DEFAULT_PARAMETERS, **parameters}
+    merged = checked_keys(parameters, DEFAULT_PARAMETERS, 'parameters')
     if not isinstance(merged['batch_size'], int) or merged['batch_size'] < 1:
         raise ValueError(f'parameters.batch_size must be a positive integer, got {merged["batch_size"]!r}')
     if not isinstance(merged['device'], str) or merged['device'].split(':')[0] not in ('cpu', 'cuda'):
@@ -214,10 +210,7 @@ class PredictCalculation(CalcJob):
             'parameters', valid_type=orm.Dict, required=False, help='`batch_size` (16) and `device` (cpu or cuda).'
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs['metadata']['options']['parser_name'].default = cls._DEFAULT_PARSER
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        spec.inputs['metadata']['options']['withmpi'].default = False
-        spec.inputs['metadata']['options']['output_filename'].default = STDOUT_FILE
+        set_option_defaults(spec, cls._DEFAULT_PARSER, STDOUT_FILE)
 
         spec.output('predictions', valid_type=orm.ArrayData, help='Per-model predictions, keyed by `uuids`.')
         spec.output('committee', valid_type=orm.ArrayData, required=False, help='Committee means and sigmas.')
@@ -267,18 +260,14 @@ class PredictCalculation(CalcJob):
         with folder.open(CONFIG_FILE, 'w') as handle:
             json.dump(config, handle, indent=2)
 
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [CONFIG_FILE]
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.stderr_name = STDERR_FILE
-
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.retrieve_list = [STDOUT_FILE, STDERR_FILE, INFO_FILE]
-        calcinfo.retrieve_temporary_list = [OUTPUT_FILE]
-        return calcinfo
+        return calculation_info(
+            self,
+            [CONFIG_FILE],
+            stderr=STDERR_FILE,
+            local_copy_list=local_copy_list,
+            retrieve_list=[STDOUT_FILE, STDERR_FILE, INFO_FILE],
+            retrieve_temporary_list=[OUTPUT_FILE],
+        )
 
 
 def models_order(node) -> list[str]:

@@ -7,33 +7,18 @@ import click
 from aiida.cmdline.params import types as core_types
 from aiida.cmdline.utils import decorators, echo
 
-from .train import _load_dataset, _load_model
+from .params import arguments, options, types
 from .utils import require_daemon
 
 MACE_PROTOCOLS = ('mace-mp-large', 'mace-small', 'tiny')
 
 
-def _load_models(ctx, param, values):
-    return tuple(_load_model(ctx, param, value) for value in values)
-
-
-def _mace_code_option():
-    return click.option(
-        '-X',
-        '--code',
-        type=core_types.CodeParamType(entry_point='mad.mace'),
-        default='mace@localhost',
-        show_default=True,
-        help='The `mace_run_train` code.',
-    )
-
-
 @click.command('mace')
-@click.argument('dataset', callback=_load_dataset)
+@arguments.DATASET(metavar='DATASET')
 @click.option('-p', '--protocol', type=click.Choice(MACE_PROTOCOLS), default='mace-mp-large', show_default=True)
-@_mace_code_option()
-@click.option('--restart', callback=_load_model, help='Continue the training of this MACE model.')
-@click.option('--name', help='Model name: the model goes to group mad/models/NAME.')
+@options.MACE_CODE()
+@options.RESTART_MODEL(help='Continue the training of this MACE model.')
+@options.MODEL_NAME()
 @decorators.with_dbenv()
 def cmd_train_mace(dataset, protocol, code, restart, name):
     """Train MACE on DATASET (name, pk or uuid), E0s from the dataset's isolated-atom baseline."""
@@ -51,7 +36,7 @@ def cmd_train_mace(dataset, protocol, code, restart, name):
 
 
 @click.command('committee')
-@click.argument('dataset', callback=_load_dataset)
+@arguments.DATASET(metavar='DATASET')
 @click.option('-a', '--architecture', type=click.Choice(('mace', 'pet')), default='mace', show_default=True)
 @click.option('-n', '--members', type=click.IntRange(min=2), default=3, show_default=True, help='At least 2.')
 @click.option('-p', '--protocol', default='tiny', show_default=True, help='Protocol of the architecture.')
@@ -109,18 +94,11 @@ def cmd_train_committee(dataset, architecture, members, protocol, code, seed, na
 
 
 @click.command('predict')
-@click.argument('models', nargs=-1, required=True, callback=_load_models)
+@click.argument('models', nargs=-1, required=True, type=types.ModelParamType())
 @click.option('-G', '--group', 'group', type=core_types.GroupParamType(), help='Predict the structures of this group.')
-@click.option('-D', '--dataset', callback=_load_dataset, help='Predict the frames of this dataset.')
+@click.option('-D', '--dataset', type=types.DatasetParamType(), help='Predict the frames of this dataset.')
 @click.option('--split', type=click.Choice(('train', 'val', 'test')), help='Only this split of the dataset.')
-@click.option(
-    '-X',
-    '--code',
-    type=core_types.CodeParamType(entry_point='mad.predict'),
-    default='aiida-mad-predict@localhost',
-    show_default=True,
-    help='The `aiida-mad-predict` code.',
-)
+@options.PREDICT_CODE()
 @click.option('--batch-size', type=click.IntRange(min=1), default=16, show_default=True)
 @click.option('--device', type=click.Choice(('cpu', 'cuda')), default='cpu', show_default=True)
 @click.option('--submit', 'to_daemon', is_flag=True, help='Submit to the daemon instead of running here.')

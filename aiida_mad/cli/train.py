@@ -1,50 +1,20 @@
 """``aiida-mad train pet|dos DATASET``: train PET or PET-MAD-DOS on a dataset with the ``mad.train`` work chain."""
 
 import click
-from aiida.cmdline.params import types as core_types
 from aiida.cmdline.utils import decorators, echo
 
+from .params import arguments, options, types
 from .utils import require_daemon
 
 PET_PROTOCOLS = ('pet-mad', 'lora', 'llpr', 'tiny')
 DOS_PROTOCOLS = ('pet-mad-dos', 'tiny-dos')
 
 
-def _load_dataset(ctx, param, value):
-    """Load the dataset named (or with the pk or uuid) ``value``; a clear error otherwise."""
-    if value is None:
-        return None
-    from aiida_mad.workflows.dataset import load_dataset
-
-    try:
-        return load_dataset(value)
-    except ValueError as exception:
-        raise click.BadParameter(str(exception), param=param) from None
-
-
-def _load_model(ctx, param, value):
-    """Load the ``mad.model`` ``value`` (pk, uuid or label); a clear error otherwise."""
-    if value is None:
-        return None
-    from aiida import orm
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-
-    from aiida_mad.data.model import ModelData
-
-    try:
-        node = orm.load_node(value)
-    except (NotExistent, MultipleObjectsError, ValueError) as exception:
-        raise click.BadParameter(f'no model {value!r}: {exception}', param=param) from None
-    if not isinstance(node, ModelData):
-        raise click.BadParameter(f'node {value!r} is a {type(node).__name__}, not a mad.model', param=param)
-    return node
-
-
 def _options(protocols: tuple[str, ...]):
     def decorator(function):
         for option in reversed(
             [
-                click.argument('dataset', callback=_load_dataset),
+                arguments.DATASET(metavar='DATASET'),
                 click.option(
                     '-p',
                     '--protocol',
@@ -53,23 +23,18 @@ def _options(protocols: tuple[str, ...]):
                     show_default=True,
                     help='Training protocol (protocols/metatrain.yaml).',
                 ),
-                click.option(
-                    '-X',
-                    '--code',
-                    type=core_types.CodeParamType(entry_point='mad.metatrain'),
-                    default='mtt@localhost',
-                    show_default=True,
-                    help='The `mtt` code.',
-                ),
+                options.METATRAIN_CODE(),
                 click.option('--gpus', type=click.IntRange(min=1), help='GPUs per node (Slurm computer, srun).'),
-                click.option('--restart', callback=_load_model, help='Continue the training of this model.'),
-                click.option('--finetune', callback=_load_model, help='Base model for the lora and llpr protocols.'),
+                options.RESTART_MODEL(),
+                click.option(
+                    '--finetune', type=types.ModelParamType(), help='Base model for the lora and llpr protocols.'
+                ),
                 click.option(
                     '--allow-fingerprint-mismatch',
                     is_flag=True,
                     help='Fine-tune across levels of theory (recorded on the model).',
                 ),
-                click.option('--name', help='Model name: the model goes to group mad/models/NAME.'),
+                options.MODEL_NAME(),
                 click.option('--wait', is_flag=True, help='Follow the training until it ends.'),
             ]
         ):

@@ -82,5 +82,5 @@ def checkpoint_of(model: ModelData) -> orm.SinglefileData:
     """
     creator = model.creator
     if creator is None or 'checkpoint' not in creator.outputs:
-        raise ValueError(f'model {model.pk} has no checkpoint: it was not made by a mad.metatrain calculation')
+        raise ValueError(f'model {model.pk} has no checkpoint: it was not made by a training calculation')
     return creator.outputs.checkpoint

@@ -11,14 +11,12 @@ walltime code; whenever a checkpoint exists it is attached and named in the exit
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import re
 
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
 from aiida_mad.calculations.mace import (
     COMPILED_FILE,
@@ -32,6 +30,7 @@ from aiida_mad.calculations.mace import (
 )
 from aiida_mad.calculations.metatrain import baseline_record
 from aiida_mad.data.model import ModelData
+from aiida_mad.parsers.training import TrainingParser, energy_target, last_epoch_metrics
 
 __all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_mace_metrics')
 
@@ -132,7 +131,7 @@ def _count_parameters(path) -> int | None:
         return None
 
 
-class MaceTrainParser(Parser):
+class MaceTrainParser(TrainingParser):
     """Parse the retrieved files of a ``mad.mace`` calculation."""
 
     def parse(self, **kwargs):
@@ -154,20 +153,16 @@ class MaceTrainParser(Parser):
                 return self.exit_codes.ERROR_READING_METRICS.format(message=str(exception))
         last_epoch = int(arrays['epoch'][-1]) if len(arrays.get('epoch', [])) else None
         if arrays and len(arrays['epoch']):
-            node = orm.ArrayData()
-            for name, values in arrays.items():
-                node.set_array(name, values)
-            self.out('metrics', node)
+            self.out('metrics', self._metrics_node(arrays))
 
         checkpoint = self._checkpoint(temporary)
         if checkpoint is not None:
             self.out('checkpoint', checkpoint)
         checkpoint_label = checkpoint.base.attributes.get('source_file') if checkpoint is not None else 'none'
 
-        loss = arrays.get('training_loss')
-        if loss is not None and len(loss) and not np.all(np.isfinite(loss)):
-            epoch = int(arrays['epoch'][np.argmax(~np.isfinite(loss))])
-            return self.exit_codes.ERROR_NAN_LOSS.format(epoch=epoch, message='training loss is not finite')
+        nan_loss = self._nan_loss(arrays)
+        if nan_loss is not None:
+            return nan_loss
 
         stagetwo = STAGETWO_FILE in names
         model_file = STAGETWO_FILE if stagetwo else MODEL_FILE
@@ -186,15 +181,7 @@ class MaceTrainParser(Parser):
             results['n_trainable_parameters'] = results['n_parameters']  # MACE trains every parameter
             model = ModelData(pathlib.Path(path), filename=MODEL_FILE)
         attributes = {key: value for key, value in results.items() if key != 'last_epoch_metrics'}
-        attributes['targets'] = {
-            'energy': {
-                'quantity': 'energy',
-                'unit': 'eV',
-                'per_atom': False,
-                'reference': 'total',
-                'gradients': {'forces': 'eV/Å', 'stress': 'eV/Å³'},
-            }
-        }
+        attributes['targets'] = {'energy': energy_target('total', ('forces', 'stress'))}
         model.base.attributes.set_many(attributes)
         self.out('model', model)
         with self.retrieved.base.repository.open(compiled_file, 'rb') as handle:
@@ -204,9 +191,6 @@ class MaceTrainParser(Parser):
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def _read(self, name: str) -> str:
-        return self.retrieved.base.repository.get_object_content(name, mode='r')
-
     def _record(self, config: dict) -> dict:
         """Return what the inputs say about the training: dataset, fingerprint, E0s and their baseline."""
         from ase.data import chemical_symbols
@@ -215,10 +199,7 @@ class MaceTrainParser(Parser):
         e0s = config['E0s']
         record = {
             'architecture': 'mace',
-            'dataset_uuid': dataset.uuid,
-            'dataset_name': dataset.base.attributes.get('name'),
-            'dataset_content_hash': dataset.base.attributes.get('content_hash'),
-            'fingerprint': dataset.base.attributes.get('fingerprint'),
+            **self._dataset_record(),
             'energy_reference': 'total',
             'elements': list(dataset.elements),
             'seed': int(config['seed']),
@@ -228,11 +209,7 @@ class MaceTrainParser(Parser):
         }
         if e0s != 'average':
             record['baseline'] = baseline_record(dataset)
-        if 'restart' in self.node.inputs:
-            record['restarted_from'] = {
-                'uuid': self.node.inputs.restart.uuid,
-                'epoch': self.node.inputs.restart.base.attributes.get('epoch', None),
-            }
+        record.update(self._restart_record())
         return record
 
     def _checkpoint(self, temporary) -> orm.SinglefileData | None:
@@ -247,38 +224,19 @@ class MaceTrainParser(Parser):
         if not candidates:
             return None
         epoch, name, path = max(candidates)
-        node = orm.SinglefileData(path, filename=name)
-        dataset = self.node.inputs.dataset
-        node.base.attributes.set_many(
-            {
-                'architecture': 'mace',
-                'epoch': epoch,
-                'dataset_uuid': dataset.uuid,
-                'fingerprint': dataset.base.attributes.get('fingerprint'),
-                'energy_reference': 'total',
-                'source_file': name,
-            }
-        )
-        return node
+        record = {'architecture': 'mace', **self._dataset_record(), 'energy_reference': 'total'}
+        return self._set_checkpoint_attributes(orm.SinglefileData(path, filename=name), record, epoch, name)
 
     def _failure(self, stderr: str, log: str, last_epoch, checkpoint: str) -> ExitCode:
         lines = [line.strip() for line in stderr.splitlines() if re.match(r'^[\w.]+(Error|Exception)\b', line.strip())]
         message = lines[-1] if lines else ''
         if message:
-            if 'OutOfMemoryError' in stderr or 'out of memory' in stderr.lower():
-                return self.exit_codes.ERROR_OUT_OF_MEMORY.format(message=message, checkpoint=checkpoint)
-            if 'ModuleNotFoundError' in message or 'ImportError' in message:
-                return self.exit_codes.ERROR_ARCHITECTURE_IMPORT.format(message=message)
-            return self.exit_codes.ERROR_TRAINING_FAILED.format(message=message)
+            failure = self._out_of_memory(stderr, message, checkpoint) or self._import_failure(message, message)
+            return failure or self.exit_codes.ERROR_TRAINING_FAILED.format(message=message)
         if 'error: ' in stderr and 'usage:' in stderr:
             return self.exit_codes.ERROR_INVALID_OPTIONS.format(message=stderr.strip().splitlines()[-1])
-        epoch = last_epoch if last_epoch is not None else 'none'
-        if self.node.exit_status == self.node.process_class.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
-            return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(epoch=epoch, checkpoint=checkpoint)
-        if not log:
-            tail = ' '.join(stderr.strip().splitlines()[-3:]) or 'no log, no output'
-            return self.exit_codes.ERROR_TRAINING_FAILED.format(message=tail)
-        return self.exit_codes.ERROR_TRAINING_INTERRUPTED.format(epoch=epoch, checkpoint=checkpoint)
+        tail = ' '.join(stderr.strip().splitlines()[-3:]) or 'no log, no output'
+        return self._stopped(log, last_epoch, checkpoint, tail)
 
     def _results(self, config: dict, log: str, arrays: dict, last_epoch, stagetwo: bool) -> dict:
         version = _VERSION.search(log)
@@ -291,8 +249,5 @@ class MaceTrainParser(Parser):
             'errors': parse_error_tables(log),
         }
         if arrays:
-            last = {name: float(values[-1]) for name, values in arrays.items() if name != 'epoch' and len(values)}
-            results['last_epoch_metrics'] = {
-                name: (value if math.isfinite(value) else None) for name, value in last.items()
-            }
+            results['last_epoch_metrics'] = last_epoch_metrics(arrays)
         return results

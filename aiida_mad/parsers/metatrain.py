@@ -14,14 +14,12 @@ exit message, so that the restart work chain can continue from it.
 from __future__ import annotations
 
 import io
-import math
 import pathlib
 import re
 
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
 from aiida_mad.calculations.metatrain import (
     CHECKPOINT_FILE,
@@ -31,6 +29,7 @@ from aiida_mad.calculations.metatrain import (
     get_settings,
 )
 from aiida_mad.data.model import ModelData
+from aiida_mad.parsers.training import TrainingParser, energy_target, last_epoch_metrics
 
 __all__ = ('MetatrainParser', 'parse_final_errors', 'parse_metrics')
 
@@ -127,7 +126,7 @@ def _exception_line(traceback: str) -> str:
     return stripped[-1] if stripped else ''
 
 
-class MetatrainParser(Parser):
+class MetatrainParser(TrainingParser):
     """Parse the retrieved files of a ``mad.metatrain`` calculation."""
 
     def parse(self, **kwargs):
@@ -154,10 +153,9 @@ class MetatrainParser(Parser):
             self.out('checkpoint', checkpoint)
         checkpoint_label = checkpoint.base.attributes.get('source_file') if checkpoint is not None else 'none'
 
-        loss = arrays.get('training_loss')
-        if loss is not None and not np.all(np.isfinite(loss)):
-            epoch = int(arrays['epoch'][np.argmax(~np.isfinite(loss))]) if 'epoch' in arrays else None
-            return self.exit_codes.ERROR_NAN_LOSS.format(epoch=epoch, message='training loss is not finite')
+        nan_loss = self._nan_loss(arrays)
+        if nan_loss is not None:
+            return nan_loss
 
         if MODEL_FILE not in names:
             return self._failure(error_log, log, last_epoch, checkpoint_label)
@@ -178,11 +176,6 @@ class MetatrainParser(Parser):
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def _read(self, name: str, names: set[str]) -> str:
-        if name not in names:
-            return ''
-        return self.retrieved.base.repository.get_object_content(name, mode='r')
-
     def _checkpoint(self, names: set[str], temporary, last_epoch) -> orm.SinglefileData | None:
         """Return the final checkpoint, else the newest intermediate one, as a ``SinglefileData`` with attributes."""
         epoch = last_epoch
@@ -202,18 +195,7 @@ class MetatrainParser(Parser):
             epoch, path = max(candidates)
             node = orm.SinglefileData(path, filename=path.name)
             source = path.name
-        info = self._training_record()
-        node.base.attributes.set_many(
-            {
-                'architecture': info['architecture'],
-                'epoch': epoch,
-                'dataset_uuid': info['dataset_uuid'],
-                'fingerprint': info['fingerprint'],
-                'energy_reference': info['energy_reference'],
-                'source_file': source,
-            }
-        )
-        return node
+        return self._set_checkpoint_attributes(node, self._training_record(), epoch, source)
 
     def _training_record(self) -> dict:
         """Return what the inputs say about the training: architecture, dataset, fingerprint, targets."""
@@ -223,10 +205,7 @@ class MetatrainParser(Parser):
         parameters = inputs.parameters.get_dict()
         record = {
             'architecture': parameters['architecture']['name'],
-            'dataset_uuid': dataset.uuid,
-            'dataset_name': dataset.base.attributes.get('name'),
-            'dataset_content_hash': dataset.base.attributes.get('content_hash'),
-            'fingerprint': dataset.base.attributes.get('fingerprint'),
+            **self._dataset_record(),
             'energy_reference': settings['energy'] if settings['target'] == 'energy' else None,
             'settings': settings,
         }
@@ -245,11 +224,7 @@ class MetatrainParser(Parser):
                 record['finetune'] = {key: value for key, value in finetune.items() if key != 'read_from'}
             allowed = inputs.allow_fingerprint_mismatch if 'allow_fingerprint_mismatch' in inputs else None
             record['fingerprint_mismatch_allowed'] = bool(allowed is not None and allowed.value)
-        if 'restart' in inputs:
-            record['restarted_from'] = {
-                'uuid': inputs.restart.uuid,
-                'epoch': inputs.restart.base.attributes.get('epoch'),
-            }
+        record.update(self._restart_record())
         return record
 
     def _failure(self, error_log: str, log: str, last_epoch, checkpoint: str) -> ExitCode:
@@ -259,31 +234,18 @@ class MetatrainParser(Parser):
             if re.search(r'\bNaN\b', message) or re.search(r'\bnan\b', message):
                 epoch = last_epoch + 1 if last_epoch is not None else 0
                 return self.exit_codes.ERROR_NAN_LOSS.format(epoch=epoch, message=message)
-            if 'OutOfMemoryError' in error_log or 'out of memory' in error_log.lower():
-                return self.exit_codes.ERROR_OUT_OF_MEMORY.format(message=message, checkpoint=checkpoint)
-            if 'ModuleNotFoundError' in error_log or 'ImportError' in error_log:
-                return self.exit_codes.ERROR_ARCHITECTURE_IMPORT.format(message=message)
+            failure = self._out_of_memory(error_log, message, checkpoint) or self._import_failure(error_log, message)
+            if failure is not None:
+                return failure
             if 'MetatrainValidationError' in error_log or 'validation error' in error_log:
                 return self.exit_codes.ERROR_INVALID_OPTIONS.format(message=message)
             return self.exit_codes.ERROR_TRAINING_FAILED.format(message=message)
-        scheduler_status = self.node.exit_status
-        epoch = last_epoch if last_epoch is not None else 'none'
-        if scheduler_status == self.node.process_class.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
-            return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(epoch=epoch, checkpoint=checkpoint)
+        tail = ''
         if not log:
             names = set(self.retrieved.base.repository.list_object_names())
             stdout = self._read(self.node.get_option('output_filename'), names)
             tail = ' '.join(stdout.strip().splitlines()[-3:]) or 'no train.log, no output'
-            return self.exit_codes.ERROR_TRAINING_FAILED.format(message=tail)
-        return self.exit_codes.ERROR_TRAINING_INTERRUPTED.format(epoch=epoch, checkpoint=checkpoint)
-
-    @staticmethod
-    def _metrics_node(arrays: dict[str, np.ndarray], columns: dict) -> orm.ArrayData:
-        node = orm.ArrayData()
-        for name, values in arrays.items():
-            node.set_array(name, values)
-        node.base.attributes.set('columns', columns)
-        return node
+        return self._stopped(log, last_epoch, checkpoint, tail)
 
     def _results(self, log: str, arrays: dict, columns: dict, last_epoch) -> dict:
         record = self._training_record()
@@ -302,10 +264,7 @@ class MetatrainParser(Parser):
         with self.retrieved.base.repository.as_path(CHECKPOINT_FILE) as path:
             results['n_parameters'] = _count_parameters(pathlib.Path(path))
         if arrays:
-            last = {name: float(values[-1]) for name, values in arrays.items() if name != 'epoch'}
-            results['last_epoch_metrics'] = {
-                name: (value if math.isfinite(value) else None) for name, value in last.items()
-            }
+            results['last_epoch_metrics'] = last_epoch_metrics(arrays)
         return results
 
     def _model_node(self, results: dict) -> ModelData:
@@ -316,15 +275,7 @@ class MetatrainParser(Parser):
             targets = {DOS_TARGET: {'quantity': 'dos', 'unit': 'states/eV', 'per_atom': False}}
         else:
             gradients = [name for name in ('forces', 'stress') if settings[name]]
-            targets = {
-                'energy': {
-                    'quantity': 'energy',
-                    'unit': 'eV',
-                    'per_atom': False,
-                    'reference': settings['energy'],
-                    'gradients': {name: {'forces': 'eV/Å', 'stress': 'eV/Å³'}[name] for name in gradients},
-                }
-            }
+            targets = {'energy': energy_target(settings['energy'], gradients)}
         parameters = self.node.inputs.parameters.get_dict()['architecture']
         if parameters['name'] == 'llpr':
             members = parameters.get('model', {}).get('num_ensemble_members', {})

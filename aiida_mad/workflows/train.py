@@ -13,95 +13,25 @@ guards of the calculation before anything is stored or submitted.
 
 from __future__ import annotations
 
-import importlib.resources
 import pathlib
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
-from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recursive_merge
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler
+from aiida_quantumespresso.workflows.protocols.utils import recursive_merge
 
 from aiida_mad.calculations.metatrain import MetatrainCalculation
-from aiida_mad.calculations.metatrain import validate_inputs as validate_calculation_inputs
-from aiida_mad.constants import model_group_label
 from aiida_mad.data.dataset import DatasetData
-from aiida_mad.data.model import ModelData, checkpoint_of
+from aiida_mad.workflows.training import TrainingRestartMixin, as_checkpoint
 
 __all__ = ('TrainWorkChain',)
 
-_RESTART_CODES = (
-    MetatrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
-    MetatrainCalculation.exit_codes.ERROR_TRAINING_INTERRUPTED,
-    MetatrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
-    MetatrainCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
-)
 
-
-def _as_checkpoint(node) -> orm.SinglefileData:
-    """Return the checkpoint of a ``mad.model`` node, or the node itself if it is a checkpoint already."""
-    if isinstance(node, ModelData):
-        return checkpoint_of(node)
-    if isinstance(node, orm.SinglefileData):
-        return node
-    raise TypeError(f'expected a mad.model or a checkpoint SinglefileData, got {type(node).__name__}')
-
-
-class TrainWorkChain(ProtocolMixin, BaseRestartWorkChain):
+class TrainWorkChain(TrainingRestartMixin, BaseRestartWorkChain):
     """Train a metatrain model on a ``mad.dataset``, restarting from checkpoints when a run stops early."""
 
     _process_class = MetatrainCalculation
-
-    @classmethod
-    def define(cls, spec):
-        """Define the process specification."""
-        super().define(spec)
-        spec.expose_inputs(MetatrainCalculation, namespace='metatrain')
-        spec.input('name', valid_type=orm.Str, required=False, help='Model name: the model goes to mad/models/<name>.')
-        spec.inputs.validator = cls.validate_inputs
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
-            cls.results,
-        )
-        spec.expose_outputs(MetatrainCalculation)
-        spec.exit_code(
-            310,
-            'ERROR_NO_CHECKPOINT',
-            message='training stopped early and left no checkpoint: not restarting from scratch ({message})',
-        )
-        spec.exit_code(320, 'ERROR_TRAINING_FAILED', message='training failed: {message}')
-
-    @staticmethod
-    def validate_inputs(value, ctx):
-        """Run the calculation's guards on the ``metatrain`` namespace before anything is stored."""
-        return validate_calculation_inputs(value.get('metatrain', {}), ctx)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Protocols
-
-    @classmethod
-    def get_protocol_filepath(cls):
-        """Return the path of the protocol file of this work chain."""
-        from aiida_mad.workflows import protocols
-
-        return importlib.resources.files(protocols) / 'metatrain.yaml'
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """Return the protocol's inputs merged with ``overrides``; an unknown protocol or top-level key is refused."""
-        data = cls._load_protocol_file()
-        protocol = protocol or data['default_protocol']
-        if protocol not in data['protocols']:
-            available = ', '.join(sorted(data['protocols']))
-            raise ValueError(f'unknown protocol `{protocol}`: available protocols are {available}')
-        inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
-        inputs.pop('description')
-        if overrides:
-            unknown = sorted(set(overrides) - set(inputs))
-            if unknown:
-                raise ValueError(f'unknown override keys {unknown}: allowed are {sorted(inputs)}')
-            inputs = recursive_merge(inputs, overrides)
-        return inputs
+    _namespace = 'metatrain'
+    _protocol_file = 'metatrain.yaml'
 
     @classmethod
     def get_builder_from_protocol(
@@ -147,10 +77,7 @@ class TrainWorkChain(ProtocolMixin, BaseRestartWorkChain):
             raise ValueError(f'protocol `{protocol}` trains from scratch: use `lora` or `llpr` with a base model')
         metatrain = inputs['metatrain']
         parameters = metatrain['parameters']
-        run_options = recursive_merge(
-            {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}},
-            dict(metatrain.get('metadata', {}).get('options', {})),
-        )
+        run_options = cls.run_options(metatrain.get('metadata', {}).get('options', {}), None)
         if gpus:
             check_launcher(code.computer.scheduler_type, code.computer.get_mpirun_command())
             run_options = recursive_merge(run_options, gpu_options(gpus))
@@ -161,16 +88,12 @@ class TrainWorkChain(ProtocolMixin, BaseRestartWorkChain):
         if total_energy:
             settings['energy'] = 'total'
 
-        builder = cls.get_builder()
-        builder.metatrain.code = code
-        builder.metatrain.dataset = dataset
-        builder.metatrain.parameters = orm.Dict(parameters)
+        builder = cls.training_builder(inputs, code, dataset, parameters, run_options, name)
         builder.metatrain.settings = orm.Dict(settings)
-        builder.metatrain.metadata.options = run_options
         if base_model is not None:
-            builder.metatrain.base_model = _as_checkpoint(base_model)
+            builder.metatrain.base_model = as_checkpoint(base_model)
         if restart is not None:
-            builder.metatrain.restart = _as_checkpoint(restart)
+            builder.metatrain.restart = as_checkpoint(restart)
         if progress_interval:
             builder.metatrain.monitors = {
                 'progress': orm.Dict(
@@ -179,35 +102,18 @@ class TrainWorkChain(ProtocolMixin, BaseRestartWorkChain):
             }
         if allow_fingerprint_mismatch:
             builder.metatrain.allow_fingerprint_mismatch = orm.Bool(True)
-        builder.max_iterations = orm.Int(inputs['max_iterations'])
-        builder.clean_workdir = orm.Bool(inputs['clean_workdir'])
-        if name:
-            builder.name = orm.Str(name)
         label = f'train {parameters["architecture"]["name"]} on {dataset.base.attributes.get("name")}'
         builder.metadata.label = label
         builder.metatrain.metadata.label = label
-        problem = validate_calculation_inputs(builder.metatrain._inputs(prune=True), None)
-        if problem:
-            raise ValueError(problem)
+        cls.check_builder(builder)
         return builder
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Steps
-
-    def setup(self):
-        """Prepare the inputs of the first calculation."""
-        super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(MetatrainCalculation, 'metatrain'))
-
     def results(self):
-        """Attach the outputs of the last calculation and put the model in its group."""
+        """Attach the outputs of the last calculation, put the model in its group and report its figures."""
         result = super().results()
         if result is not None and result.status:
             return result
         node = self.ctx.children[self.ctx.iteration - 1]
-        if 'name' in self.inputs and 'model' in node.outputs:
-            group, _ = orm.Group.collection.get_or_create(model_group_label(self.inputs.name.value))
-            group.add_nodes([node.outputs.model])
         if 'model' in node.outputs:
             model = node.outputs.model
             self.report(
@@ -215,57 +121,6 @@ class TrainWorkChain(ProtocolMixin, BaseRestartWorkChain):
                 f'{model.n_parameters} parameters, validation errors {model.errors.get("val", {})}'
             )
         return None
-
-    def report_error_handled(self, calculation, action: str) -> None:
-        """Report an error that a handler took care of, in one uniform line."""
-        self.report(f'{calculation.process_label}<{calculation.pk}> failed with exit status {calculation.exit_status}')
-        self.report(f'action taken: {action}')
-
-    def _restart_from(self, calculation) -> bool:
-        if 'checkpoint' not in calculation.outputs:
-            return False
-        checkpoint = calculation.outputs.checkpoint
-        self.ctx.inputs.restart = checkpoint
-        return True
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Handlers
-
-    @process_handler(priority=600, exit_codes=list(_RESTART_CODES))
-    def handle_stopped_early(self, calculation):
-        """Restart from the checkpoint the calculation left behind (walltime, node failure, killed)."""
-        if not self._restart_from(calculation):
-            self.report_error_handled(calculation, 'no checkpoint left: stopping (never restarting from scratch)')
-            return ProcessHandlerReport(
-                True, self.exit_codes.ERROR_NO_CHECKPOINT.format(message=calculation.exit_message or '')
-            )
-        checkpoint = calculation.outputs.checkpoint
-        epoch = checkpoint.base.attributes.get('epoch')
-        self.report_error_handled(
-            calculation, f'restarting from checkpoint {checkpoint.filename}<{checkpoint.pk}> (epoch {epoch})'
-        )
-        return ProcessHandlerReport(True)
-
-    @process_handler(
-        priority=100,
-        exit_codes=[
-            MetatrainCalculation.exit_codes[label]
-            for label in (
-                'ERROR_MISSING_OUTPUT_FILES',
-                'ERROR_INVALID_OPTIONS',
-                'ERROR_READING_METRICS',
-                'ERROR_ARCHITECTURE_IMPORT',
-                'ERROR_NAN_LOSS',
-                'ERROR_TRAINING_FAILED',
-            )
-        ],
-    )
-    def handle_unrecoverable(self, calculation):
-        """Stop: running the same training again would fail the same way (or start from scratch unasked)."""
-        self.report_error_handled(calculation, 'unrecoverable: stopping')
-        return ProcessHandlerReport(
-            True, self.exit_codes.ERROR_TRAINING_FAILED.format(message=calculation.exit_message)
-        )
 
     @process_handler(priority=500, exit_codes=[MetatrainCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
     def handle_out_of_memory(self, calculation):

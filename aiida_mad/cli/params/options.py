@@ -11,10 +11,15 @@ from . import types
 __all__ = (
     'COMPUTER',
     'FORCE',
+    'MACE_CODE',
+    'METATRAIN_CODE',
+    'MODEL_NAME',
+    'PREDICT_CODE',
     'PROCESS_GROUP',
     'PROFILE',
     'PSEUDO_FAMILY',
     'PW_CODE',
+    'RESTART_MODEL',
     'STRUCTURE_GROUP_LABEL',
     'TIMEOUT',
 )
@@ -31,6 +36,39 @@ PW_CODE = core_options.OverridableOption(
     default='pw@localhost',
     show_default=True,
     help='The pw.x code to run.',
+)
+
+METATRAIN_CODE = core_options.OverridableOption(
+    '-X',
+    '--code',
+    type=core_types.CodeParamType(entry_point='mad.metatrain'),
+    default='mtt@localhost',
+    show_default=True,
+    help='The `mtt` code.',
+)
+
+MACE_CODE = core_options.OverridableOption(
+    '-X',
+    '--code',
+    type=core_types.CodeParamType(entry_point='mad.mace'),
+    default='mace@localhost',
+    show_default=True,
+    help='The `mace_run_train` code.',
+)
+
+PREDICT_CODE = core_options.OverridableOption(
+    '-X',
+    '--code',
+    type=core_types.CodeParamType(entry_point='mad.predict'),
+    default='aiida-mad-predict@localhost',
+    show_default=True,
+    help='The `aiida-mad-predict` code.',
+)
+
+MODEL_NAME = core_options.OverridableOption('--name', help='Model name: the model goes to group mad/models/NAME.')
+
+RESTART_MODEL = core_options.OverridableOption(
+    '--restart', type=types.ModelParamType(), help='Continue the training of this model.'
 )
 
 PSEUDO_FAMILY = core_options.OverridableOption(

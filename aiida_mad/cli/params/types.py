@@ -24,6 +24,7 @@ __all__ = (
     'ElementParamType',
     'GroupLabelParamType',
     'MetadataFileParamType',
+    'ModelParamType',
     'OutputPathParamType',
     'PseudoFamilyParamType',
     'StructureGroupParamType',
@@ -290,6 +291,30 @@ class DatasetParamType(click.ParamType):
             return load_dataset(value)
         except ValueError as exception:
             self.fail(str(exception), param, ctx)
+
+
+class ModelParamType(click.ParamType):
+    """A ``mad.model`` node, by pk, uuid or label."""
+
+    name = 'model'
+
+    @decorators.with_dbenv()
+    def convert(self, value, param, ctx):
+        """Return the loaded model node."""
+        from aiida import orm
+        from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+        from aiida_mad.data.model import ModelData
+
+        if isinstance(value, ModelData):
+            return value
+        try:
+            node = orm.load_node(value)
+        except (NotExistent, MultipleObjectsError, ValueError) as exception:
+            self.fail(f'no model {value!r}: {exception}', param, ctx)
+        if not isinstance(node, ModelData):
+            self.fail(f'node {value!r} is a {type(node).__name__}, not a mad.model', param, ctx)
+        return node
 
 
 class DatasetNameParamType(click.ParamType):
