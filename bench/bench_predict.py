@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 
-from common import Row, temporary_profile
+from common import Row, local_code, temporary_profile, timed_run
 
 N_STRUCTURES = 256
 BATCH = 32
@@ -151,40 +151,19 @@ def prediction_rows() -> list[Row]:
 
 def training_row() -> Row:
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_mad.calculations.mace import MaceTrainCalculation
     from aiida_mad.data.dataset import DatasetData
 
     frames = cu_frames(TRAIN_FRAMES)
     with temporary_profile():
-        from aiida.common.exceptions import NotExistent
-        from aiida.orm import InstalledCode, load_computer
-
-        try:
-            computer = load_computer('localhost')
-        except NotExistent:
-            workdir = tempfile.mkdtemp(prefix='aiida-mad-bench-work-')
-            computer = orm.Computer(
-                'localhost', 'localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
-            ).store()
-            computer.configure()
-        code = InstalledCode(
-            label='mace-bench',
-            computer=computer,
-            filepath_executable=str(BIN / 'mace_run_train'),
-            prepend_text='export OMP_NUM_THREADS=1',
-        ).store()
+        code = local_code('mace-bench', BIN / 'mace_run_train')
         dataset = DatasetData(frames, name='bench-mace', seed=0, atomic_energies={'Cu': cu_e0()}).store()
         builder = MaceTrainCalculation.get_builder()
         builder.code = code
         builder.dataset = dataset
         builder.parameters = orm.Dict({**TINY, 'max_num_epochs': EPOCHS})
-        start = time.perf_counter()
-        _, node = run_get_node(builder)
-        calcjob = time.perf_counter() - start
-        if not node.is_finished_ok:
-            raise RuntimeError(f'bench training failed: {node.exit_status} {node.exit_message}')
+        _, calcjob = timed_run(builder)
         with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-mace-') as folder:
             direct = train_direct(pathlib.Path(folder), dataset.frames(), TINY, EPOCHS)
     return Row(

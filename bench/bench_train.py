@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 
-from common import Row, temporary_profile
+from common import Row, local_code, temporary_profile, timed_run
 
 EPOCHS = 10
 FRAMES = 24
@@ -57,7 +57,6 @@ def frames():
 
 def run() -> list[Row]:
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_mad.calculations.metatrain import build_options, build_targets, get_settings
     from aiida_mad.data.dataset import DatasetData
@@ -69,23 +68,7 @@ def run() -> list[Row]:
     parameters = inputs['metatrain']['parameters']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     with temporary_profile():
-        from aiida.common.exceptions import NotExistent
-        from aiida.orm import InstalledCode, load_computer
-
-        try:
-            computer = load_computer('localhost')
-        except NotExistent:
-            workdir = tempfile.mkdtemp(prefix='aiida-mad-bench-work-')
-            computer = orm.Computer(
-                'localhost', 'localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
-            ).store()
-            computer.configure()
-        code = InstalledCode(
-            label='mtt-bench',
-            computer=computer,
-            filepath_executable=str(mtt),
-            prepend_text='export OMP_NUM_THREADS=1',
-        ).store()
+        code = local_code('mtt-bench', mtt)
         dataset = DatasetData(frames(), name='bench-train', seed=0).store()
         from aiida_mad.calculations.metatrain import MetatrainCalculation
 
@@ -94,11 +77,7 @@ def run() -> list[Row]:
         builder.dataset = dataset
         builder.parameters = orm.Dict(parameters)
         builder.settings = orm.Dict({'energy': 'total'})
-        start = time.perf_counter()
-        _, node = run_get_node(builder)
-        calcjob = time.perf_counter() - start
-        if not node.is_finished_ok:
-            raise RuntimeError(f'bench training failed: {node.exit_status} {node.exit_message}')
+        _, calcjob = timed_run(builder)
 
         with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-mtt-') as folder:
             import yaml

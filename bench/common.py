@@ -1,10 +1,11 @@
-"""Shared pieces of the benchmarks: the result row and a profile to run them in."""
+"""Shared pieces of the benchmarks: the result row, a profile to run them in, a local code and a timed run."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import tempfile
+import time
 
 
 @dataclasses.dataclass
@@ -75,3 +76,39 @@ def temporary_profile(broker: str | None = None):
                 os.environ.pop(settings.DEFAULT_AIIDA_PATH_VARIABLE, None)
             else:
                 os.environ[settings.DEFAULT_AIIDA_PATH_VARIABLE] = previous
+
+
+def local_code(label: str, executable) -> object:
+    """Store and return a code of ``executable`` on the ``localhost`` computer (created when the profile has none).
+
+    One thread (``OMP_NUM_THREADS=1``), as in the tests.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        computer = orm.load_computer('localhost')
+    except NotExistent:
+        workdir = tempfile.mkdtemp(prefix='aiida-mad-bench-work-')
+        computer = orm.Computer(
+            'localhost', 'localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
+        ).store()
+        computer.configure()
+    return orm.InstalledCode(
+        label=label, computer=computer, filepath_executable=str(executable), prepend_text='export OMP_NUM_THREADS=1'
+    ).store()
+
+
+def timed_run(builder) -> tuple[object, float]:
+    """Run ``builder`` here and return ``(node, seconds)``.
+
+    :raises RuntimeError: if the process did not finish ok.
+    """
+    from aiida.engine import run_get_node
+
+    start = time.perf_counter()
+    _, node = run_get_node(builder)
+    seconds = time.perf_counter() - start
+    if not node.is_finished_ok:
+        raise RuntimeError(f'bench training failed: {node.exit_status} {node.exit_message}')
+    return node, seconds

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-pytest_plugins = ['aiida.tools.pytest_fixtures', 'tests.slurm_fixtures']
+pytest_plugins = ['aiida.tools.pytest_fixtures', 'tests.slurm_fixtures', 'tests.training']
 
 PW_EXECUTABLE = shutil.which('pw.x') or '/usr/bin/pw.x'
 

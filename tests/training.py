@@ -1,12 +1,17 @@
-"""Helpers of the training tests: the real ``mtt`` code, a dataset built by the project's pipeline, one real run.
+"""Helpers and fixtures of the training tests: the real codes, a dataset built by the project's pipeline, real runs.
 
-* :func:`mtt_code` sets up the real ``mtt`` executable of this virtual environment as an AiiDA code, with the
-  environment the tests need (one thread, caches inside the project).
+* :func:`mtt_code`, :func:`mace_code` and :func:`predict_code` set up the real ``mtt``, ``mace_run_train`` and
+  ``aiida-mad-predict`` executables of this virtual environment as AiiDA codes, with the environment the tests need
+  (one thread, caches inside the project).
 * :func:`training_dataset` builds, once per session, a ``mad.dataset`` from the real labelled data of
   ``tests/labelled.py`` (pw.x results of Si, rattled Si and H2, with the isolated-atom baseline) through the
   ``mad.dataset`` work chain, with a seed whose stable split has training, validation and test frames.
 * :func:`trained` runs one real tiny PET training (energy, forces, stress; a few seconds on one core) through
-  ``MetatrainCalculation`` and caches its node for the session.
+  ``MetatrainCalculation``, :func:`mace_trained` one real tiny MACE training (two epochs) through
+  ``MaceTrainCalculation``; each caches its node for the session.
+* :func:`prepare` runs ``prepare_for_submission`` of a builder in a sandbox.
+* The fixtures ``mtt``, ``mace``, ``predictor`` (the codes) and ``dataset`` (:func:`training_dataset`), registered
+  for every test by ``pytest_plugins`` in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import pytest
 from aiida import orm
 from aiida.common.exceptions import NotExistent
 from aiida.engine import run_get_node
 
 PROJECT = pathlib.Path(__file__).resolve().parent.parent
-MTT_EXECUTABLE = pathlib.Path(sys.executable).parent / 'mtt'
+BIN = pathlib.Path(sys.executable).parent
+MTT_EXECUTABLE = BIN / 'mtt'
+MACE_EXECUTABLE = BIN / 'mace_run_train'
+PREDICT_EXECUTABLE = BIN / 'aiida-mad-predict'
 CACHE = PROJECT / '.cache'
 #: The prepend text of the test code: one thread and every cache inside the project.
 MTT_PREPEND = '\n'.join(
@@ -51,18 +60,84 @@ TINY_PET = {
     'device': 'cpu',
 }
 
+#: A MACE small enough to train two epochs in seconds on one core.
+TINY_MACE = {
+    'model': 'MACE',
+    'num_channels': 8,
+    'max_L': 0,
+    'r_max': 4.0,
+    'num_radial_basis': 4,
+    'max_num_epochs': 2,
+    'batch_size': 1,
+    'valid_batch_size': 1,
+    'eval_interval': 1,
+    'loss': 'stress',
+    'device': 'cpu',
+    'default_dtype': 'float64',
+    'seed': 0,
+}
+
 _CACHE: dict[str, str] = {}
 
 
-def mtt_code(aiida_localhost, aiida_code_installed, *, label: str = 'mtt', executable=None) -> orm.InstalledCode:
-    """Return the real ``mtt`` of this environment as a code on localhost."""
+def installed_code(aiida_localhost, aiida_code_installed, *, label: str, plugin: str, executable) -> orm.InstalledCode:
+    """Return ``executable`` as a code of ``plugin`` on localhost, with the environment of the tests."""
     return aiida_code_installed(
         label=label,
-        default_calc_job_plugin='mad.metatrain',
-        filepath_executable=str(executable or MTT_EXECUTABLE),
+        default_calc_job_plugin=plugin,
+        filepath_executable=str(executable),
         computer=aiida_localhost,
         prepend_text=MTT_PREPEND,
     )
+
+
+def mtt_code(aiida_localhost, aiida_code_installed, *, label: str = 'mtt', executable=None) -> orm.InstalledCode:
+    """Return the real ``mtt`` of this environment (or ``executable``) as a code on localhost."""
+    return installed_code(
+        aiida_localhost,
+        aiida_code_installed,
+        label=label,
+        plugin='mad.metatrain',
+        executable=executable or MTT_EXECUTABLE,
+    )
+
+
+def mace_code(aiida_localhost, aiida_code_installed, *, label: str = 'mace', executable=None) -> orm.InstalledCode:
+    """Return the real ``mace_run_train`` of this environment (or ``executable``) as a code on localhost."""
+    return installed_code(
+        aiida_localhost, aiida_code_installed, label=label, plugin='mad.mace', executable=executable or MACE_EXECUTABLE
+    )
+
+
+def predict_code(aiida_localhost, aiida_code_installed) -> orm.InstalledCode:
+    """Return the real ``aiida-mad-predict`` of this environment as a code on localhost."""
+    return installed_code(
+        aiida_localhost, aiida_code_installed, label='predict', plugin='mad.predict', executable=PREDICT_EXECUTABLE
+    )
+
+
+@pytest.fixture
+def mtt(aiida_localhost, aiida_code_installed):
+    """The real ``mtt`` code."""
+    return mtt_code(aiida_localhost, aiida_code_installed)
+
+
+@pytest.fixture
+def mace(aiida_localhost, aiida_code_installed):
+    """The real ``mace_run_train`` code."""
+    return mace_code(aiida_localhost, aiida_code_installed)
+
+
+@pytest.fixture
+def predictor(aiida_localhost, aiida_code_installed):
+    """The real ``aiida-mad-predict`` code."""
+    return predict_code(aiida_localhost, aiida_code_installed)
+
+
+@pytest.fixture
+def dataset(labelled):
+    """The training dataset of :func:`training_dataset` (built once per session)."""
+    return training_dataset(labelled)
 
 
 def _load(key: str):
@@ -119,26 +194,105 @@ def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = 
     return dataset
 
 
-def train_builder(code, dataset, parameters=None, **inputs):
-    """Return a ``MetatrainCalculation`` builder for ``dataset`` with the tiny PET (or ``parameters``)."""
-    from aiida_mad.calculations.metatrain import MetatrainCalculation
-
-    builder = MetatrainCalculation.get_builder()
+def _builder(process_class, code, dataset, parameters: dict, inputs: dict):
+    builder = process_class.get_builder()
     builder.code = code
     builder.dataset = dataset
-    builder.parameters = orm.Dict(parameters or TINY_PET)
+    builder.parameters = orm.Dict(parameters)
     builder.metadata.options.max_wallclock_seconds = 600
     for key, value in inputs.items():
         builder[key] = value
     return builder
 
 
-def trained(code, dataset):
-    """Return the node of one real tiny PET training on ``dataset`` (run once per session)."""
-    cached = _load(f'trained-{dataset.uuid}')
+def train_builder(code, dataset, parameters=None, **inputs):
+    """Return a ``MetatrainCalculation`` builder for ``dataset`` with the tiny PET (or ``parameters``)."""
+    from aiida_mad.calculations.metatrain import MetatrainCalculation
+
+    return _builder(MetatrainCalculation, code, dataset, parameters or TINY_PET, inputs)
+
+
+def mace_builder(code, dataset, parameters=None, **inputs):
+    """Return a ``MaceTrainCalculation`` builder for ``dataset`` with the tiny MACE (or ``parameters``)."""
+    from aiida_mad.calculations.mace import MaceTrainCalculation
+
+    return _builder(MaceTrainCalculation, code, dataset, parameters or TINY_MACE, inputs)
+
+
+def _run_once(key: str, builder):
+    """Return the node of the run of ``builder`` cached under ``key``, running it the first time."""
+    cached = _load(key)
     if cached is not None:
         return cached
-    _, node = run_get_node(train_builder(code, dataset))
+    _, node = run_get_node(builder)
     assert node.is_finished_ok, f'{node.exit_status} {node.exit_message}'
-    _CACHE[f'trained-{dataset.uuid}'] = node.uuid
+    _CACHE[key] = node.uuid
     return node
+
+
+def trained(code, dataset):
+    """Return the node of one real tiny PET training on ``dataset`` (run once per session)."""
+    return _run_once(f'trained-{dataset.uuid}', train_builder(code, dataset))
+
+
+def mace_trained(code, dataset, *, seed: int = 0):
+    """Return the node of one real tiny MACE training on ``dataset`` with ``seed`` (run once per session)."""
+    return _run_once(f'mace-{dataset.uuid}-{seed}', mace_builder(code, dataset, {**TINY_MACE, 'seed': seed}))
+
+
+def prepare(builder, *, folders=()):
+    """Run ``prepare_for_submission`` of the builder's calculation in a sandbox; return ``(calcinfo, contents)``.
+
+    ``contents`` maps each file name to its text, and each name of ``folders`` to the sorted names it holds.
+    """
+    from aiida.common.folders import SandboxFolder
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    process = instantiate_process(get_manager().get_runner(), builder)
+    with SandboxFolder() as folder:
+        calcinfo = process.prepare_for_submission(folder)
+        contents = {}
+        for name in folder.get_content_list():
+            if name in folders:
+                contents[name] = sorted(folder.get_subfolder(name).get_content_list())
+            else:
+                contents[name] = pathlib.Path(folder.get_abs_path(name)).read_text(encoding='utf-8')
+    return calcinfo, contents
+
+
+#: A wrapper of a training executable: unless restarting, it kills the run with SIGKILL once a file is on disk.
+KILLER = """#!/bin/bash
+if {restarting}; then exec {executable} "$@"; fi
+{executable} "$@" &
+pid=$!
+while kill -0 $pid 2>/dev/null; do
+    if compgen -G "{glob}" > /dev/null; then
+        {pause}
+        kill -9 $pid
+        wait $pid
+        echo "killed {name} (pid $pid) after {what}" >&2
+        exit 137
+    fi
+    sleep 0.05
+done
+wait $pid
+"""
+
+
+def killer_script(path: pathlib.Path, executable, *, restarting: str, glob: str, pause: str, what: str) -> pathlib.Path:
+    """Write the :data:`KILLER` wrapper of ``executable`` to ``path`` (executable) and return it.
+
+    :param restarting: the bash test that is true for a restarted run (which runs unwrapped).
+    :param glob: the file whose appearance makes it kill the run, e.g. a checkpoint.
+    :param pause: the bash command run between seeing the file and killing (``sleep 0.5``, ``true``).
+    :param what: the end of the message written to the standard error (``after its first checkpoint``).
+    """
+    import stat
+
+    name = pathlib.Path(str(executable)).name
+    path.write_text(
+        KILLER.format(restarting=restarting, executable=executable, glob=glob, pause=pause, name=name, what=what)
+    )
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path

@@ -11,46 +11,16 @@ import pytest
 import torch
 import yaml
 from aiida import orm
-from aiida.common.folders import SandboxFolder
 from aiida.engine import run_get_node
-from aiida.engine.utils import instantiate_process
-from aiida.manage import get_manager
 from ase.data import atomic_numbers
 
 from aiida_mad.calculations.mace import CONFIG_FILE, MaceTrainCalculation, parse_e0s
 from aiida_mad.data.model import ModelData
-from tests.mace_training import TINY_MACE, mace_builder, mace_code, mace_trained
-from tests.training import training_dataset
-
-
-@pytest.fixture
-def mace(aiida_localhost, aiida_code_installed):
-    return mace_code(aiida_localhost, aiida_code_installed)
-
-
-@pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
-
-
-def prepare(builder):
-    """Run ``prepare_for_submission`` of the builder's calculation in a sandbox; return ``(calcinfo, files)``."""
-    process = instantiate_process(get_manager().get_runner(), builder)
-    with SandboxFolder() as folder:
-        calcinfo = process.prepare_for_submission(folder)
-        contents = {}
-        for name in folder.get_content_list():
-            path = folder.get_abs_path(name)
-            if name != 'checkpoints':
-                with open(path, encoding='utf-8') as handle:
-                    contents[name] = handle.read()
-            else:
-                contents[name] = sorted(folder.get_subfolder(name).get_content_list())
-    return calcinfo, contents
+from tests.training import TINY_MACE, mace_builder, mace_trained, prepare
 
 
 def test_writes_config_with_ref_keys_and_baseline_e0s(mace, dataset):
-    calcinfo, files = prepare(mace_builder(mace, dataset))
+    calcinfo, files = prepare(mace_builder(mace, dataset), folders=('checkpoints',))
     assert sorted(files) == [CONFIG_FILE, 'mad-test.xyz', 'mad-train.xyz', 'mad-val.xyz']
     config = yaml.safe_load(files[CONFIG_FILE])
     assert config['name'] == 'aiida'
@@ -136,7 +106,9 @@ def test_real_training(mace, dataset):
 def test_restart_continues_the_epoch_count(mace, dataset):
     first = mace_trained(mace, dataset)
     checkpoint = first.outputs.checkpoint
-    _, files = prepare(mace_builder(mace, dataset, {**TINY_MACE, 'max_num_epochs': 4}, restart=checkpoint))
+    _, files = prepare(
+        mace_builder(mace, dataset, {**TINY_MACE, 'max_num_epochs': 4}, restart=checkpoint), folders=('checkpoints',)
+    )
     assert yaml.safe_load(files[CONFIG_FILE])['restart_latest'] is True
     _, node = run_get_node(mace_builder(mace, dataset, {**TINY_MACE, 'max_num_epochs': 4}, restart=checkpoint))
     assert node.is_finished_ok, node.exit_message

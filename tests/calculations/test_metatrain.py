@@ -7,41 +7,17 @@ The dataset comes from the project's own pipeline (real pw.x results of ``tests/
 from __future__ import annotations
 
 import copy
-import pathlib
 
 import numpy as np
 import pytest
 import yaml
 from aiida import orm
-from aiida.common.folders import SandboxFolder
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
-from aiida.engine.utils import instantiate_process
-from aiida.manage import get_manager
 
 from aiida_mad.calculations.metatrain import OPTIONS_FILE, RESTART_FILE, MetatrainCalculation
 from aiida_mad.data.model import ModelData, checkpoint_of
-from tests.training import TINY_PET, mtt_code, train_builder, trained, training_dataset
-
-
-@pytest.fixture
-def mtt(aiida_localhost, aiida_code_installed):
-    return mtt_code(aiida_localhost, aiida_code_installed)
-
-
-@pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
-
-
-def prepare(builder):
-    """Run ``prepare_for_submission`` of the builder's calculation in a sandbox; return ``(calcinfo, files)``."""
-    process = instantiate_process(get_manager().get_runner(), builder)
-    with SandboxFolder() as folder:
-        calcinfo = process.prepare_for_submission(folder)
-        files = {name: folder.get_abs_path(name) for name in folder.get_content_list()}
-        contents = {name: pathlib.Path(path).read_text(encoding='utf-8') for name, path in files.items()}
-    return calcinfo, contents
+from tests.training import TINY_PET, prepare, train_builder, trained
 
 
 def count_nodes(cls=orm.Node) -> int:

@@ -16,28 +16,17 @@ from ase.build import molecule
 from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uuid
 from aiida_mad.data.model import ModelData
 from aiida_mad.inference.models import Model
-from tests.mace_training import mace_code, mace_trained, predict_code
-from tests.training import mtt_code, trained, training_dataset
+from tests.training import mace_trained, trained
 
 
 @pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
+def mace_model(mace, dataset):
+    return mace_trained(mace, dataset).outputs.model
 
 
 @pytest.fixture
-def predictor(aiida_localhost, aiida_code_installed):
-    return predict_code(aiida_localhost, aiida_code_installed)
-
-
-@pytest.fixture
-def mace_model(aiida_localhost, aiida_code_installed, dataset):
-    return mace_trained(mace_code(aiida_localhost, aiida_code_installed), dataset).outputs.model
-
-
-@pytest.fixture
-def pet_model(aiida_localhost, aiida_code_installed, dataset):
-    return trained(mtt_code(aiida_localhost, aiida_code_installed), dataset).outputs.model
+def pet_model(mtt, dataset):
+    return trained(mtt, dataset).outputs.model
 
 
 def builder_for(code, models, *, dataset=None, structures=None, **inputs):
@@ -129,9 +118,8 @@ def test_committee_of_copies_has_zero_spread(predictor, dataset, mace_model):
     np.testing.assert_allclose(committee.get_array('energy_per_atom_mean'), predictions[0], atol=1e-12)
 
 
-def test_committee_of_different_models_has_positive_spread(aiida_localhost, aiida_code_installed, predictor, dataset):
-    code = mace_code(aiida_localhost, aiida_code_installed)
-    models = [mace_trained(code, dataset, seed=seed).outputs.model for seed in (0, 1)]
+def test_committee_of_different_models_has_positive_spread(mace, predictor, dataset):
+    models = [mace_trained(mace, dataset, seed=seed).outputs.model for seed in (0, 1)]
     _, node = run_get_node(builder_for(predictor, models, dataset=dataset))
     assert node.is_finished_ok, node.exit_message
     committee = node.outputs.committee

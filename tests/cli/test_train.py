@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from aiida import orm
 
-from tests.training import mtt_code, trained, training_dataset
-
-
-@pytest.fixture
-def mtt(aiida_localhost, aiida_code_installed):
-    return mtt_code(aiida_localhost, aiida_code_installed)
-
-
-@pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
+from tests.training import trained
 
 
 def process_count() -> int:

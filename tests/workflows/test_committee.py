@@ -12,13 +12,7 @@ from aiida.engine import run_get_node
 
 from aiida_mad.calculations.committee import member_validation
 from aiida_mad.workflows.committee import CommitteeWorkChain, committee_members
-from tests.mace_training import TINY_MACE, mace_code
-from tests.training import training_dataset
-
-
-@pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
+from tests.training import TINY_MACE, mace_code
 
 
 def committee_builder(code, dataset, members=3, parameters=None):

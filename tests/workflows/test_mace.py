@@ -6,47 +6,25 @@ once it has written its first checkpoint.
 
 from __future__ import annotations
 
-import stat
-
 from aiida import orm
 from aiida.engine import run_get_node
 
 from aiida_mad.calculations.mace import MaceTrainCalculation
 from aiida_mad.workflows.mace import MaceTrainWorkChain
-from tests.mace_training import MACE_EXECUTABLE
-from tests.training import MTT_PREPEND, training_dataset
-
-#: Runs the real mace_run_train; unless restarting, kills it with SIGKILL once a checkpoint is on disk.
-KILLER = """#!/bin/bash
-if grep -q '^restart_latest: true' config.yaml; then exec {mace} "$@"; fi
-{mace} "$@" &
-pid=$!
-while kill -0 $pid 2>/dev/null; do
-    if compgen -G "checkpoints/aiida_run-*_epoch-*.pt" > /dev/null; then
-        sleep 0.2
-        kill -9 $pid
-        wait $pid
-        echo "killed mace_run_train (pid $pid) after its first checkpoint" >&2
-        exit 137
-    fi
-    sleep 0.05
-done
-wait $pid
-"""
+from tests.training import MACE_EXECUTABLE, killer_script, mace_code
 
 
-def test_killed_training_restarts_from_its_checkpoint(labelled, aiida_localhost, aiida_code_installed, tmp_path):
-    dataset = training_dataset(labelled)
-    script = tmp_path / 'mace-killed'
-    script.write_text(KILLER.format(mace=MACE_EXECUTABLE))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    killer = aiida_code_installed(
-        label='mace-killed',
-        default_calc_job_plugin='mad.mace',
-        filepath_executable=str(script),
-        computer=aiida_localhost,
-        prepend_text=MTT_PREPEND,
+def test_killed_training_restarts_from_its_checkpoint(dataset, aiida_localhost, aiida_code_installed, tmp_path):
+    # The real mace_run_train, killed with SIGKILL once a checkpoint is on disk (a restart runs unwrapped).
+    script = killer_script(
+        tmp_path / 'mace-killed',
+        MACE_EXECUTABLE,
+        restarting="grep -q '^restart_latest: true' config.yaml",
+        glob='checkpoints/aiida_run-*_epoch-*.pt',
+        pause='sleep 0.2',
+        what='its first checkpoint',
     )
+    killer = mace_code(aiida_localhost, aiida_code_installed, label='mace-killed', executable=script)
     overrides = {'mace': {'parameters': {'max_num_epochs': 4}}}
     builder = MaceTrainWorkChain.get_builder_from_protocol(killer, dataset, 'tiny', overrides, name='mace-killed')
     _, node = run_get_node(builder)

@@ -7,7 +7,6 @@ kills it (SIGKILL, as a node failure would) once it has written an intermediate 
 from __future__ import annotations
 
 import pathlib
-import stat
 
 import numpy as np
 import pytest
@@ -17,37 +16,9 @@ from aiida.engine import run_get_node
 
 from aiida_mad.calculations.metatrain import MetatrainCalculation, validate_options
 from aiida_mad.workflows.train import TrainWorkChain
-from tests.training import MTT_EXECUTABLE, mtt_code, trained, training_dataset
+from tests.training import MTT_EXECUTABLE, killer_script, mtt_code, trained, training_dataset
 
 PROTOCOLS = ('pet-mad', 'pet-mad-dos', 'lora', 'llpr', 'tiny', 'tiny-dos')
-
-#: Runs the real mtt; unless restarting, kills it with SIGKILL once the checkpoint of epoch 4 is on disk.
-KILLER = """#!/bin/bash
-if [[ " $* " == *" --restart "* ]]; then exec {mtt} "$@"; fi
-{mtt} "$@" &
-pid=$!
-while kill -0 $pid 2>/dev/null; do
-    if compgen -G "outputs/*/*/model_4.ckpt" > /dev/null; then
-        sleep 0.5
-        kill -9 $pid
-        wait $pid
-        echo "killed mtt (pid $pid) after its checkpoint of epoch 4" >&2
-        exit 137
-    fi
-    sleep 0.05
-done
-wait $pid
-"""
-
-
-@pytest.fixture
-def mtt(aiida_localhost, aiida_code_installed):
-    return mtt_code(aiida_localhost, aiida_code_installed)
-
-
-@pytest.fixture
-def dataset(labelled):
-    return training_dataset(labelled)
 
 
 def test_protocols_are_listed_with_descriptions():
@@ -142,9 +113,15 @@ def test_finetune_across_fingerprints_refused_unless_allowed(mtt, dataset):
 def test_killed_training_restarts_from_its_checkpoint_and_finishes(
     mtt, dataset, aiida_localhost, aiida_code_installed, tmp_path
 ):
-    script = tmp_path / 'mtt-killed'
-    script.write_text(KILLER.format(mtt=MTT_EXECUTABLE))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    # The real mtt, killed with SIGKILL once the checkpoint of epoch 4 is on disk (a restart runs unwrapped).
+    script = killer_script(
+        tmp_path / 'mtt-killed',
+        MTT_EXECUTABLE,
+        restarting='[[ " $* " == *" --restart "* ]]',
+        glob='outputs/*/*/model_4.ckpt',
+        pause='sleep 0.5',
+        what='its checkpoint of epoch 4',
+    )
     killer = mtt_code(aiida_localhost, aiida_code_installed, label='mtt-killed', executable=script)
     overrides = {
         'metatrain': {'parameters': {'architecture': {'training': {'num_epochs': 40, 'checkpoint_interval': 2}}}}
@@ -177,11 +154,14 @@ def test_no_checkpoint_means_no_silent_restart_from_scratch(
     mtt, dataset, aiida_localhost, aiida_code_installed, tmp_path
 ):
     # The real mtt, killed as soon as it has opened its log: before any checkpoint exists.
-    script = tmp_path / 'mtt-dies'
-    script.write_text(
-        KILLER.replace('model_4.ckpt', 'train.log').replace('sleep 0.5', 'true').format(mtt=MTT_EXECUTABLE)
+    script = killer_script(
+        tmp_path / 'mtt-dies',
+        MTT_EXECUTABLE,
+        restarting='[[ " $* " == *" --restart "* ]]',
+        glob='outputs/*/*/train.log',
+        pause='true',
+        what='its checkpoint of epoch 4',
     )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
     dying = mtt_code(aiida_localhost, aiida_code_installed, label='mtt-dies', executable=script)
     _, node = run_get_node(TrainWorkChain.get_builder_from_protocol(dying, dataset, 'tiny'))
     assert node.exit_status == TrainWorkChain.exit_codes.ERROR_NO_CHECKPOINT.status
