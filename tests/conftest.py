@@ -7,7 +7,6 @@ submit to a real daemon. Quantum ESPRESSO is Debian's real ``pw.x``; the pseudop
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -33,28 +32,15 @@ def daemon_client(aiida_profile):
     On a loaded 2-core machine circus can miss its call timeout; the daemon (and its workers, which it started in
     its own process group) are then stopped with SIGTERM, so that no daemon outlives the test session.
     """
-    import signal
-    import time
-
     from aiida.engine.daemon import get_daemon_client
-    from aiida.engine.daemon.client import DaemonException
+
+    from tests.daemon import stop_daemon
 
     client = get_daemon_client(aiida_profile.name)
     try:
         yield client
     finally:
-        try:
-            client.stop_daemon(wait=True, timeout=60)
-        except DaemonException:
-            pid = client.get_daemon_pid()
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(os.getpgid(pid), signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while client.is_daemon_running and time.monotonic() < deadline:
-            time.sleep(0.5)
-            if client.get_daemon_pid() is not None and client._is_pid_file_stale:
-                os.remove(client.circus_pid_file)
+        stop_daemon(client)
 
 
 @functools.cache
@@ -66,24 +52,35 @@ def real_pw_version() -> str:
 
 
 @pytest.fixture
-def pw_code(aiida_localhost, aiida_code_installed):
-    """Return an ``InstalledCode`` for the real ``pw.x``, run with MPI the way ``setup_profile.sh`` configures it."""
+def pw_code(aiida_localhost):
+    """Return an ``InstalledCode`` for the real ``pw.x``, run with MPI the way ``setup_profile.sh`` configures it.
+
+    One ``pw@<localhost>`` code per profile, looked up by label *and* computer: aiida-core's ``aiida_code_installed``
+    looks up by label alone and makes a second ``pw@localhost`` as soon as any other computer has a ``pw`` code.
+    """
+    from aiida import orm
+
     from aiida_mad.codes import pw_prepend_text
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
 
     if not os.path.exists(PW_EXECUTABLE):
         pytest.fail(f'pw.x not found at {PW_EXECUTABLE}: install the Debian package quantum-espresso (make setup)')
-    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA
-
     aiida_localhost.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
-    code = aiida_code_installed(
-        label='pw',
-        default_calc_job_plugin='quantumespresso.pw',
-        filepath_executable=PW_EXECUTABLE,
-        with_mpi=True,
-        prepend_text=pw_prepend_text(),
-    )
-    # Always the real version: a test may have declared another one on this shared code (aiida_code_installed loads
-    # an existing `pw` code instead of making a new one).
+    query = orm.QueryBuilder().append(orm.Computer, filters={'id': aiida_localhost.pk}, tag='computer')
+    query.append(orm.InstalledCode, with_computer='computer', filters={'label': 'pw'})
+    found = query.all(flat=True)
+    assert len(found) <= 1, f'{len(found)} codes pw@{aiida_localhost.label}: a test made a second one'
+    code = found[0] if found else None
+    if code is None:
+        code = orm.InstalledCode(
+            label='pw',
+            computer=aiida_localhost,
+            filepath_executable=PW_EXECUTABLE,
+            default_calc_job_plugin='quantumespresso.pw',
+            with_mpi=True,
+            prepend_text=pw_prepend_text(),
+        ).store()
+    # Always the real version: a test may have declared another one on this shared code.
     code.base.extras.set(CODE_VERSION_EXTRA, real_pw_version())
     return code
 

@@ -163,7 +163,9 @@ def restart_running_daemon() -> None:
     except Exception:  # a profile without a broker has no daemon to restart
         return
     if running:
-        client.stop_daemon(wait=True)
+        from tests.daemon import stop_daemon
+
+        stop_daemon(client)
         client.start_daemon()
 
 

@@ -59,7 +59,7 @@ def secret_run(aiida_localhost, pw_code, offline_family, tmp_path):
     computer.set_default_mpiprocs_per_machine(1)
     computer.configure()
     code = orm.InstalledCode(
-        label='pw',
+        label='pw-secret',
         computer=computer,
         filepath_executable=PW_EXECUTABLE,
         default_calc_job_plugin='quantumespresso.pw',
