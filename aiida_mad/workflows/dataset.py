@@ -442,12 +442,18 @@ def missing_baseline_message(fingerprint: str, missing: Sequence[str], theory: M
         listed = ', '.join(f'{element} (MadDftWorkChain<{pk}> failed)' for element, pk in sorted(failed.items()))
         message += f'; computed but failed: {listed}'
     code = orm.load_node(result_pk).base.links.get_incoming(link_label_filter='scf__pw__code').all_nodes()
-    protocol = (theory.get('protocol') or 'PROTOCOL').split('/')[0]
-    family = theory.get('level_of_theory', {}).get('pseudopotentials', {}).get('family', 'FAMILY')
-    command = f'aiida-mad dft isolated-atoms {" ".join(missing)} --protocol {protocol} -F {family}'
+    family = theory.get('level_of_theory', {}).get('pseudopotentials', {}).get('family')
+    command = f'aiida-mad dft isolated-atoms {" ".join(missing)}'
+    if theory.get('protocol'):
+        command += f' --protocol {theory["protocol"].split("/")[0]}'
+    if family:
+        command += f' -F {family}'
     if code:
         command += f' --code {code[0].full_label}'
-    return f'{message}: run `{command} --wait` (the protocol, family and code of the data), or build with --no-baseline'
+    advice = f'run `{command} --wait` (the protocol, family and code of the data)'
+    if not theory.get('protocol'):
+        advice += ' with the protocol and overrides the data were computed with (they match no protocol)'
+    return f'{message}: {advice}, or build with --no-baseline'
 
 
 def find_atomic_energies(fingerprint: str) -> tuple[list[orm.Dict], dict[str, float]]:

@@ -157,6 +157,11 @@ def test_no_baseline_at_that_fingerprint_refused(labelled):
     with pytest.raises(DatasetSelectionError, match=r'no isolated-atom energy at fingerprint .* for Si') as info:
         select_results([MIX_GROUP], fingerprint=other)
     assert info.value.exit_code == 'ERROR_MISSING_BASELINE'
+    code = orm.load_node(labelled.other_level).base.links.get_incoming(link_label_filter='scf__pw__code').one().node
+    from aiida_mad.pseudos import offline_family_label
+
+    assert f'`aiida-mad dft isolated-atoms Si -F {offline_family_label()} ' in str(info.value)
+    assert f'--code {code.full_label} --wait`' in str(info.value) and 'match no protocol' in str(info.value)
     node = build('no-baseline', [MIX_GROUP], fingerprint=orm.Str(other), baseline=orm.Bool(False))
     assert node.is_finished_ok, node.exit_message
     (frame,) = node.outputs.dataset.frames()
