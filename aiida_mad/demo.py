@@ -3,8 +3,8 @@
 :class:`Demo` runs, in order (:data:`STAGES`):
 
 1. ``structures``: the bundled seeds; one small seed per imported subset (bulk Si, a BN monolayer, the CO2 molecular
-   crystal) and one or two generated structures of every generated subset, from those seeds, with the elements of
-   :data:`DEMO_ELEMENTS` that the pseudopotential family has; all of them also in :data:`STRUCTURES_GROUP`;
+   crystal) and one generated structure of every generated subset (:data:`GENERATION`), from those seeds, with the
+   elements of :data:`DEMO_ELEMENTS` that the pseudopotential family has; all of them also in :data:`STRUCTURES_GROUP`;
 2. ``labelling``: the ``fast`` protocol through the daemon and the submission controller, into :data:`DFT_GROUP`;
 3. ``isolated-atoms``: the reference energies of the elements present, at the same level of theory;
 4. ``dataset``: the dataset :data:`DATASET_NAME`;

@@ -41,7 +41,7 @@ STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'tra
 def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, num_mpiprocs_per_machine, timeout):
     """Run the data pipeline on a few tiny structures of every subset, through the daemon.
 
-    Stages: bundled seeds and one or two tiny structures per subset; labelling with the `fast` protocol through the
+    Stages: bundled seeds and one tiny structure per subset; labelling with the `fast` protocol through the
     submission controller; the isolated atoms of the elements present; the dataset `mad-demo`; its exports and
     record folder with the HTML report; a tiny PET model. A stage skips what exists already, so running the demo
     again after an interruption goes on where it stopped and repeats nothing. About 10 minutes on 2 cores.
@@ -92,7 +92,10 @@ def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, 
     echo.echo('Explore them with:')
     echo.echo(f'  verdi group list -a -p {STRUCTURES_GROUP.split("/")[0]}')
     echo.echo('  verdi process list -a -p 1')
-    echo.echo(f'  aiida-mad dft status {STRUCTURES_GROUP} -X {code.full_label} -P fast -F {pseudo_family.label}')
+    echo.echo(
+        f'  aiida-mad dft status {STRUCTURES_GROUP} --process-group {DFT_GROUP} -X {code.full_label} -P fast '
+        f'-F {pseudo_family.label}'
+    )
     if result.dataset is not None:
         echo.echo(f'  aiida-mad dataset show {DATASET_NAME}')
         echo.echo(f'  aiida-mad query frames {DATASET_NAME}')

@@ -1,5 +1,7 @@
 """``aiida-mad demo`` end to end through click's runner: real pw.x through a real daemon, interrupted and re-run."""
 
+import shlex
+
 import pytest
 from aiida import orm
 
@@ -92,6 +94,13 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     for command in ('verdi group list', f'aiida-mad dataset show {DATASET_NAME}', 'aiida-mad query frames'):
         assert command in second.output
     assert str(output_dir / 'record') in second.output
+    # The aiida-mad commands it suggests run as printed.
+    suggested = [line.split(maxsplit=1)[1] for line in second.output.splitlines() if line.startswith('  aiida-mad ')]
+    assert len(suggested) == 3
+    for command in suggested:
+        result = run_cli_command(shlex.split(command))
+        assert 'Error' not in result.output, result.output
+    assert DFT_GROUP in run_cli_command(shlex.split(suggested[0])).output
 
     # Once more: every stage finds its work done and nothing at all is stored.
     nodes = count_nodes(orm.Node)
