@@ -9,7 +9,6 @@ functional and spin treatment (protocol ``mad``). The restart handlers may chang
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import os
 
 from aiida import orm
@@ -19,7 +18,7 @@ from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, process_han
 from aiida_pseudo.groups.family import PseudoPotentialFamily
 from aiida_quantumespresso.calculations.pw import PwCalculation
 from aiida_quantumespresso.common.types import RestartType
-from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recursive_merge
+from aiida_quantumespresso.workflows.protocols.utils import recursive_merge
 from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
 
 from aiida_mad.calculations.dft import extract_dft_results, prepare_structure
@@ -36,6 +35,7 @@ from aiida_mad.pseudos import offline_family_label
 from aiida_mad.structures.cells import DimensionalityError, dimensionality
 from aiida_mad.structures.checks import check_structure
 from aiida_mad.structures.elements import element_pool
+from aiida_mad.workflows.protocol import StrictProtocolMixin
 
 #: ``SYSTEM`` keys that define the level of theory: no handler may change them.
 LOCKED_SYSTEM_KEYS = (
@@ -194,8 +194,11 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
         return ProcessHandlerReport(True)
 
 
-class MadDftWorkChain(ProtocolMixin, WorkChain):
+class MadDftWorkChain(StrictProtocolMixin, WorkChain):
     """Label one structure with energy, forces, stress, eigenvalues and DOS at the MAD level of theory."""
+
+    _protocol_file = 'dft.yaml'
+    _extra_override_keys = frozenset({'subset'})
 
     @classmethod
     def define(cls, spec):
@@ -240,30 +243,6 @@ class MadDftWorkChain(ProtocolMixin, WorkChain):
 
     # ------------------------------------------------------------------------------------------------------------
     # Protocols
-
-    @classmethod
-    def get_protocol_filepath(cls):
-        """Return the path of the protocol file of this work chain."""
-        from aiida_mad.workflows import protocols
-
-        return importlib.resources.files(protocols) / 'dft.yaml'
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """Return the protocol's inputs merged with ``overrides``; unknown protocols and keys are refused by name."""
-        data = cls._load_protocol_file()
-        protocol = protocol or data['default_protocol']
-        if protocol not in data['protocols']:
-            available = ', '.join(sorted(data['protocols']))
-            raise ValueError(f'unknown protocol `{protocol}`: available protocols are {available}')
-        inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
-        inputs.pop('description')
-        if overrides:
-            unknown = sorted(set(overrides) - set(inputs) - {'subset'})
-            if unknown:
-                raise ValueError(f'unknown override keys {unknown}: allowed are {sorted(inputs)}')
-            inputs = recursive_merge(inputs, overrides)
-        return inputs
 
     @classmethod
     def get_builder_from_protocol(

@@ -15,16 +15,15 @@ A work chain sets ``_process_class`` (the CalcJob), ``_namespace`` (where its in
 
 from __future__ import annotations
 
-import importlib.resources
-
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ExitCode, ProcessHandlerReport, process_handler, while_
-from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin, recursive_merge
+from aiida_quantumespresso.workflows.protocols.utils import recursive_merge
 
 from aiida_mad.calculations.training import STOPPED_EARLY_STATUSES, UNRECOVERABLE_STATUSES
 from aiida_mad.constants import model_group_label
 from aiida_mad.data.model import ModelData, checkpoint_of
+from aiida_mad.workflows.protocol import StrictProtocolMixin
 
 __all__ = ('TrainingRestartMixin', 'as_checkpoint')
 
@@ -42,14 +41,13 @@ def as_checkpoint(node) -> orm.SinglefileData:
     raise TypeError(f'expected a mad.model or a checkpoint SinglefileData, got {type(node).__name__}')
 
 
-class TrainingRestartMixin(ProtocolMixin):
+class TrainingRestartMixin(StrictProtocolMixin):
     """Protocols, results and restart handlers of a ``BaseRestartWorkChain`` around a training CalcJob.
 
     Put it before ``BaseRestartWorkChain`` in the bases; set ``_process_class``, ``_namespace`` and ``_protocol_file``.
     """
 
     _namespace: str
-    _protocol_file: str
 
     @classmethod
     def define(cls, spec):
@@ -74,30 +72,6 @@ class TrainingRestartMixin(ProtocolMixin):
 
     # ------------------------------------------------------------------------------------------------------------
     # Protocols
-
-    @classmethod
-    def get_protocol_filepath(cls):
-        """Return the path of the protocol file of this work chain."""
-        from aiida_mad.workflows import protocols
-
-        return importlib.resources.files(protocols) / cls._protocol_file
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """Return the protocol's inputs merged with ``overrides``; an unknown protocol or top-level key is refused."""
-        data = cls._load_protocol_file()
-        protocol = protocol or data['default_protocol']
-        if protocol not in data['protocols']:
-            available = ', '.join(sorted(data['protocols']))
-            raise ValueError(f'unknown protocol `{protocol}`: available protocols are {available}')
-        inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
-        inputs.pop('description')
-        if overrides:
-            unknown = sorted(set(overrides) - set(inputs))
-            if unknown:
-                raise ValueError(f'unknown override keys {unknown}: allowed are {sorted(inputs)}')
-            inputs = recursive_merge(inputs, overrides)
-        return inputs
 
     @staticmethod
     def run_options(protocol_options: dict, options: dict | None) -> dict:

@@ -116,7 +116,9 @@ def test_builder_from_protocol(pw_code, offline_family, silicon, data_regression
 
 
 def test_mad_without_its_family_says_how_to_install_it(pw_code, offline_family, silicon):
-    with pytest.raises(ValueError, match=r'`SSSP/1.2/PBEsol/efficiency` is not installed: `aiida-pseudo install sssp'):
+    message = r'`SSSP/1.2/PBEsol/efficiency` \(SSSP\) is not installed: install it with `aiida-pseudo install sssp'
+    message += r'.*`-F offline`'
+    with pytest.raises(ValueError, match=message):
         MadDftWorkChain.get_builder_from_protocol(pw_code, silicon)
 
 
