@@ -1,25 +1,5 @@
-"""Fixtures of the export tests: synthetic frames (see :mod:`tests.dataset.synthetic`)."""
+"""Fixtures of the export tests: the synthetic frames of the dataset-format tests (:mod:`tests.dataset.conftest`)."""
 
-from __future__ import annotations
+from tests.dataset.conftest import dos_frames, frames, make_frames
 
-import pytest
-
-from tests.dataset.synthetic import synthetic_frames
-
-
-@pytest.fixture
-def frames():
-    """Thirty mixed frames (3D, 0D, 2D) with baseline energies, no DOS."""
-    return synthetic_frames(30)
-
-
-@pytest.fixture
-def dos_frames():
-    """Twelve mixed frames with a 40-point DOS whose tail is masked (NaN)."""
-    return synthetic_frames(12, seed=1, dos_points=40)
-
-
-@pytest.fixture
-def make_frames():
-    """The frame factory itself: ``make_frames(count, seed, subsets=..., dos_points=...)``."""
-    return synthetic_frames
+__all__ = ('dos_frames', 'frames', 'make_frames')
