@@ -137,7 +137,7 @@ def production_profile(tmp_path):
 
 
 def test_production_profile_postgres_rabbitmq(production_profile):
-    """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, a pw.x run through them, then a no-op.
+    """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, the demo pipeline through them, a no-op.
 
     setup_profile.sh installs the Debian packages (postgresql, rabbitmq-server) and starts the servers itself; the
     fixture stops what it started.
@@ -152,7 +152,7 @@ def test_production_profile_postgres_rabbitmq(production_profile):
     assert (aiida_path / 'postgres-password').stat().st_mode & 0o077 == 0
 
     demo = subprocess.run(
-        [f'{sys.prefix}/bin/aiida-mad', '-p', name, 'demo'],
+        [f'{sys.prefix}/bin/aiida-mad', '-p', name, 'demo', '--output-dir', str(aiida_path / 'mad-demo')],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -160,7 +160,11 @@ def test_production_profile_postgres_rabbitmq(production_profile):
         check=False,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert 'energy:' in demo.stdout and 'through the daemon' in demo.stdout
+    # The whole demo pipeline ran on PostgreSQL and RabbitMQ: every stage reported, down to the trained model.
+    stages = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training')
+    for number, stage in enumerate(stages, start=1):
+        assert f'[{number}/{len(stages)}] {stage}' in demo.stdout, demo.stdout
+    assert 'aiida-mad dataset show mad-demo' in demo.stdout, demo.stdout
 
     second = run_script('--profile', name, '--postgres', '--rabbitmq', env_overrides=env)
     assert second.returncode == 0, second.stdout + second.stderr
