@@ -9,7 +9,7 @@ TEST_APT := slurm-wlm munge chromium
 SETUP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint format
+.PHONY: setup demo test bench bench-scale lint format
 
 setup:
 	./setup_profile.sh --profile $(PROFILE) $(SETUP_ARGS)
@@ -23,6 +23,12 @@ test:
 
 bench: setup
 	python bench/run.py
+
+# Not part of `make test` or `make bench`: a MAD-size campaign stage by stage (docs/scale.md), e.g.
+# `make bench-scale SCALE_ARGS='--sizes 1000,10000,100000 --backends sqlite,postgres'`.
+SCALE_ARGS ?=
+bench-scale: setup
+	python bench/bench_scale.py $(SCALE_ARGS)
 
 lint:
 	ruff check .

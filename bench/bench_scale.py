@@ -1,0 +1,592 @@
+"""Scale benchmark (``make bench-scale``): a MAD-size campaign, stage by stage, at growing N, on SQLite and PostgreSQL.
+
+Not part of ``make test`` or ``make bench``. For every backend and every N (``--sizes``, default 1000,10000) a
+fresh process makes a throw-away profile under ``.bench-scale/`` in the project folder (removed afterwards unless
+``--keep``) and times these stages (wall time, rate, peak RSS of the process during the stage):
+
+1. ``generate``: N ``mc3d-rattled`` structures with provenance (``StructureGeneration``: batched calcfunction,
+   bulk links, extras, group), from the bundled bulk seeds;
+2. synthetic DFT results for the first N/2 structures, inserted in bulk in the layout ``MadDftWorkChain`` stores
+   (work chain node with its extras, ``structure`` input and output, ``energy``, ``forces``, ``stress``,
+   ``properties`` with its fingerprint and subset; in the process group), at the fingerprint of the ``fast``
+   protocol on the real pw.x code and the offline family (setup, not timed as a stage; its bytes are measured);
+3. ``cycle N/2``: one submission-controller cycle over the group with N/2 finished and N/2 pending (``dry_run``:
+   the pending are found and the batch chosen; nothing is sent, as there is no daemon);
+4. ``status N/2``: ``aiida-mad dft status`` of the group (the table printed, to a null device);
+5. the other N/2 results, then ``cycle N`` (``submit_new_batch``: nothing left to submit) and ``status N``;
+6. ``build``: ``DatasetWorkChain`` of the N results (``baseline=False``: there are no isolated atoms), one
+   ``build_dataset`` calcfunction linked to every result;
+7. ``export xyz`` (split files), ``export chemiscope`` (one file per subset), ``export archives`` (one AiiDA
+   archive per subset with the provenance of its work chains);
+8. ``lineage``: the lineage of one frame; ``query``: the frames holding an element.
+
+Also printed: the repository and database bytes per labelled structure (the DFT results only, from the growth of
+the database file or ``pg_database_size`` and of the repository folder). After all sizes, the growth exponent of
+each stage is the least-squares slope of log(time) against log(N). Results go to ``bench/results/scale.json``.
+
+The synthetic results have no ``PwBaseWorkChain``/``PwCalculation`` below the work chain, so the archives and the
+bytes per structure count only what the data pipeline reads; ``docs/scale.md`` adds the calculation nodes of a
+real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = ROOT / '.bench-scale'
+RESULTS = HERE / 'results' / 'scale.json'
+PARENT_GROUP = 'mad/structures/mc3d-rattled'
+PROCESS_GROUP = 'mad/dft/mc3d-rattled'
+SUBSET = 'mc3d-rattled'
+PROTOCOL = 'fast'
+OVERRIDES = {'pseudo_family': 'offline'}
+PW = '/usr/bin/pw.x'
+
+
+class PeakRss:
+    """Sample the resident set size of this process every 20 ms in a thread; ``peak`` is the largest, in bytes."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf('SC_PAGE_SIZE')
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        with open('/proc/self/statm') as handle:
+            self.peak = max(self.peak, int(handle.read().split()[1]) * self._page)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+class Stages:
+    """The measured stages of one (backend, N) run."""
+
+    def __init__(self, backend: str, size: int):
+        self.backend, self.size, self.rows, self.info = backend, size, [], {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, items: int, unit: str):
+        start = time.perf_counter()
+        with PeakRss() as rss:
+            yield
+        seconds = time.perf_counter() - start
+        row = {
+            'backend': self.backend,
+            'size': self.size,
+            'stage': name,
+            'seconds': seconds,
+            'items': items,
+            'rate': items / seconds if seconds > 0 else math.inf,
+            'unit': unit,
+            'rss_mb': rss.peak / 2**20,
+        }
+        self.rows.append(row)
+        print(
+            f'  [{self.backend} N={self.size}] {name:<18} {seconds:9.2f} s  {row["rate"]:10.1f} {unit}/s  '
+            f'peak RSS {row["rss_mb"]:7.0f} MB',
+            flush=True,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Profiles
+
+
+def _postgres_credentials() -> dict:
+    """Start the local PostgreSQL cluster as ``setup_profile.sh --postgres`` does; return how to connect."""
+    aiida_path = pathlib.Path(os.environ.get('AIIDA_PATH', ROOT / '.aiida'))
+    password_file = aiida_path / 'postgres-password'
+    clusters = subprocess.run(['pg_lsclusters', '-h'], capture_output=True, text=True, check=True).stdout.split()
+    if not clusters:
+        raise RuntimeError('no PostgreSQL cluster (pg_lsclusters): run ./setup_profile.sh --postgres first')
+    version, cluster, port, state = clusters[0], clusters[1], clusters[2], clusters[3]
+    if state != 'online':
+        subprocess.run(['pg_ctlcluster', version, cluster, 'start'], check=True)
+    if not password_file.is_file() or not password_file.read_text().strip():
+        raise RuntimeError(f'{password_file} is missing: run ./setup_profile.sh --postgres first')
+    return {'port': int(port), 'password': password_file.read_text().strip()}
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(['runuser', '-u', 'postgres', '--', 'psql', '-q', '-c', sql], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def profile(backend: str, folder: pathlib.Path):
+    """Create and load a throw-away profile of ``backend`` in ``folder``; drop its PostgreSQL database afterwards."""
+    from aiida.manage.configuration import create_profile, get_config, profile_context, reset_config, settings
+
+    config_dir = folder / settings.DEFAULT_CONFIG_DIR_NAME
+    os.environ[settings.DEFAULT_AIIDA_PATH_VARIABLE] = str(config_dir)
+    reset_config()
+    settings.AiiDAConfigDir.set(config_dir)
+    config = get_config(create=True)
+    database = None
+    if backend == 'sqlite':
+        storage = ('core.sqlite_dos', {'filepath': str(folder / 'storage')})
+    else:
+        credentials = _postgres_credentials()
+        database = f'mad_bench_scale_{os.getpid()}'
+        _psql(f'CREATE DATABASE {database}')
+        storage = (
+            'core.psql_dos',
+            {
+                'database_engine': 'postgresql_psycopg',
+                'database_hostname': 'localhost',
+                'database_port': credentials['port'],
+                'database_username': 'postgres',
+                'database_password': credentials['password'],
+                'database_name': database,
+                'repository_uri': f'file://{folder / "repository"}',
+            },
+        )
+    try:
+        created = create_profile(
+            config,
+            storage_backend=storage[0],
+            storage_config=storage[1],
+            broker_backend=None,
+            broker_config=None,
+            name='scale',
+            email='bench@localhost',
+            is_test_profile=True,
+        )
+        config.set_default_profile(created.name)
+        config.store()
+        with profile_context(created, allow_switch=True):
+            yield created, database
+    finally:
+        reset_config()
+        if database is not None:
+            from aiida.manage import get_manager
+
+            with contextlib.suppress(Exception):
+                get_manager().reset_profile()
+            _psql(f'DROP DATABASE IF EXISTS {database} WITH (FORCE)')
+
+
+def storage_bytes(folder: pathlib.Path, database: str | None) -> tuple[int, int]:
+    """Return ``(database bytes, repository bytes)`` of the profile in ``folder``."""
+    from aiida.manage import get_manager
+
+    storage = get_manager().get_profile_storage()
+    storage.get_session().commit()
+    if database is None:
+        db_file = folder / 'storage' / 'database.sqlite'
+        db = db_file.stat().st_size
+        repository = folder / 'storage' / 'container'
+    else:
+        from sqlalchemy import text
+
+        db = int(storage.get_session().execute(text(f"SELECT pg_database_size('{database}')")).scalar())
+        repository = folder / 'repository'
+    return db, sum(path.stat().st_size for path in repository.rglob('*') if path.is_file())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic DFT results
+
+
+def _table(entity_type):
+    from aiida.manage import get_manager
+
+    storage = get_manager().get_profile_storage()
+    if storage.__class__.__name__.startswith('SqliteDos'):
+        from aiida.storage.sqlite_zip.models import MAP_ENTITY_TYPE_TO_MODEL
+    else:
+        from aiida.storage.psql_dos.models import MAP_ENTITY_TYPE_TO_MODEL  # type: ignore[no-redef]
+    return MAP_ENTITY_TYPE_TO_MODEL[entity_type].__table__
+
+
+def _npy(array) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, theory: dict, seed: int) -> int:
+    """Store one finished ``MadDftWorkChain`` result per ``(pk, uuid, attributes)`` structure, in bulk; return nodes.
+
+    The layout is that of :mod:`bench.bench_dataset` (checked there against the ORM), with the extras the work chain
+    and the controller set (``mad_fingerprint``, ``mad_source_uuid``, ``mad_submission``, ``mad_outlier``) and the
+    work chain in the process group.
+    """
+    import datetime
+    import uuid as uuid_module
+
+    import numpy as np
+    from aiida import orm
+    from aiida.common.links import LinkType
+    from aiida.common.timezone import now
+    from aiida.orm.entities import EntityTypes
+    from sqlalchemy import insert
+
+    from aiida_mad.workflows.dataset import DFT_PROCESS_TYPE
+
+    storage = orm.Node.collection.backend
+    user_id = orm.User.collection.get_default().pk
+    group_id = orm.load_group(PROCESS_GROUP).pk
+    rng = np.random.default_rng(seed)
+    start = now()
+    node_types = {
+        'workflow': orm.WorkflowNode.class_node_type,
+        'energy': orm.Float.class_node_type,
+        'array': orm.ArrayData.class_node_type,
+        'properties': orm.Dict.class_node_type,
+    }
+    nodes, links, workflows, blobs, blob_rows = [], [], [], [], []
+
+    def node_row(kind: str, ctime, attributes: dict, extras: dict) -> dict:
+        row = {
+            'uuid': str(uuid_module.uuid4()),
+            'node_type': node_types[kind],
+            'process_type': DFT_PROCESS_TYPE if kind == 'workflow' else None,
+            'label': '',
+            'description': '',
+            'ctime': ctime,
+            'mtime': ctime,
+            'attributes': attributes,
+            'extras': extras,
+            'repository_metadata': {},
+            'dbcomputer_id': None,
+            'user_id': user_id,
+        }
+        nodes.append(row)
+        return row
+
+    for index, (structure_pk, structure_uuid, attributes) in enumerate(structures):
+        natoms = len(attributes['sites'])
+        ctime = start + datetime.timedelta(microseconds=index)
+        forces = np.clip(rng.normal(0.0, 1.0, (natoms, 3)), -4.0, 4.0)
+        matrix = rng.normal(0.0, 0.01, (3, 3))
+        energy = float(rng.normal(-100.0 * natoms, 50.0))
+        max_force = float(np.linalg.norm(forces, axis=1).max())
+        workflow = node_row(
+            'workflow',
+            ctime,
+            {'process_label': 'MadDftWorkChain', 'process_state': 'finished', 'exit_status': 0, 'sealed': True},
+            {
+                'mad_fingerprint': fingerprint,
+                'mad_source_uuid': structure_uuid,
+                'mad_submission': 'sent',
+                'mad_outlier': False,
+            },
+        )
+        workflows.append(workflow)
+        extras = {'mad_fingerprint': fingerprint}
+        outputs = {
+            'energy': node_row('energy', ctime, {'value': energy}, extras),
+            'forces': node_row('array', ctime, {'array|forces': [natoms, 3]}, extras),
+            'stress': node_row('array', ctime, {'array|stress': [3, 3]}, extras),
+            'properties': node_row(
+                'properties',
+                ctime,
+                {
+                    'natoms': natoms,
+                    'energy': energy,
+                    'energy_per_atom': energy / natoms,
+                    'max_force': max_force,
+                    'outlier': False,
+                    'has_stress': True,
+                    'outlier_max_force': 10.0,
+                    'code_version': str(theory.get('code', {}).get('version', '')) if isinstance(theory.get('code'), dict) else None,
+                    'units': {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3'},
+                    'fingerprint': fingerprint,
+                    'level_of_theory': theory,
+                    'dimensionality': 3,
+                    'subset': SUBSET,
+                },
+                extras,
+            ),
+        }
+        blobs += [_npy(forces), _npy(matrix + matrix.T)]
+        blob_rows += [(outputs['forces'], 'forces.npy'), (outputs['stress'], 'stress.npy')]
+        links.append((structure_pk, workflow, 'structure', LinkType.INPUT_WORK))
+        links.append((workflow, structure_pk, 'structure', LinkType.RETURN))
+        links.extend((workflow, node, name, LinkType.RETURN) for name, node in outputs.items())
+
+    repository = storage.get_repository()
+    container = getattr(repository, '_container', None)  # noqa: SLF001 - aiida-core has no public accessor
+    if container is not None:  # packed straight into the object store
+        with container:
+            keys = container.add_objects_to_pack(blobs)
+    else:
+        keys = [repository.put_object_from_filelike(io.BytesIO(blob)) for blob in blobs]
+    for (row, name), key in zip(blob_rows, keys, strict=True):
+        row['repository_metadata'] = {'o': {name: {'k': key}}}
+
+    session = storage.get_session()
+    with storage.transaction():
+        session.execute(insert(_table(EntityTypes.NODE)), nodes)
+        uuids = [row['uuid'] for row in nodes]
+        ids = {}
+        for first in range(0, len(uuids), 5000):
+            query = orm.QueryBuilder().append(
+                orm.Node, filters={'uuid': {'in': uuids[first : first + 5000]}}, project=['uuid', 'id']
+            )
+            ids.update(dict(query.all()))
+
+        def pk(value):
+            return value if isinstance(value, int) else ids[value['uuid']]
+
+        session.execute(
+            insert(_table(EntityTypes.LINK)),
+            [
+                {'input_id': pk(source), 'output_id': pk(target), 'label': name, 'type': kind.value}
+                for source, target, name, kind in links
+            ],
+        )
+        session.execute(
+            insert(_table(EntityTypes.GROUP_NODE)),
+            [{'dbnode_id': ids[row['uuid']], 'dbgroup_id': group_id} for row in workflows],
+        )
+    return len(nodes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One (backend, N) run
+
+
+def run_one(backend: str, size: int, keep: bool) -> dict:
+    """Run every stage for ``size`` structures on ``backend`` in a throw-away profile; return rows and info."""
+    folder = WORK / f'{backend}-{size}-{os.getpid()}'
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = Stages(backend, size)
+    try:
+        with profile(backend, folder) as (_, database):
+            _run_stages(stages, folder, database)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {'rows': stages.rows, 'info': stages.info}
+
+
+def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> None:
+    import tempfile
+
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_mad.cli.dft import print_status
+    from aiida_mad.codes import detect_pw_version
+    from aiida_mad.controllers.dft import DftSubmissionController
+    from aiida_mad.export.archive import export_subset_archives
+    from aiida_mad.export.chemiscope import write_chemiscope_per_subset
+    from aiida_mad.export.dataset import dft_workchains_by_subset, quiet_archive_logger
+    from aiida_mad.pseudos import install_offline_family
+    from aiida_mad.query import lineage, query_frames
+    from aiida_mad.storage import store_seeds
+    from aiida_mad.workflows.dataset import DatasetWorkChain
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA, protocol_level_of_theory
+    from aiida_mad.workflows.generate import StructureGeneration
+
+    sys.path.insert(0, str(HERE))
+    from common import local_code
+
+    size = stages.size
+    store_seeds(['bulk'])
+    install_offline_family()
+    code = local_code('pw', PW)
+    code.base.extras.set(CODE_VERSION_EXTRA, detect_pw_version(PW))
+    orm.Group(label=PROCESS_GROUP).store()
+
+    with stages.stage('generate', size, 'structures'):
+        generation = StructureGeneration(SUBSET, count=size, seed=1, group_label=PARENT_GROUP)
+        progress = generation.run()
+    assert progress.new_structures == size, generation.summary(progress)
+
+    controller = DftSubmissionController(
+        parent_group_label=PARENT_GROUP,
+        group_label=PROCESS_GROUP,
+        code=code.full_label,
+        protocol=PROTOCOL,
+        overrides=OVERRIDES,
+        max_concurrent=size,
+    )
+    fingerprint = controller.fingerprint
+    theory = protocol_level_of_theory(code, PROTOCOL, OVERRIDES)
+    query = orm.QueryBuilder().append(orm.Group, filters={'label': PARENT_GROUP}, tag='g')
+    query.append(orm.StructureData, with_group='g', project=['id', 'uuid', 'attributes'], tag='s')
+    structures = sorted(query.all(), key=lambda row: row[0])
+    half = size // 2
+
+    before = storage_bytes(folder, database)
+    start = time.perf_counter()
+    count = store_results(structures[:half], fingerprint, theory, seed=0)
+    stages.info['insert_seconds'] = time.perf_counter() - start
+
+    with stages.stage('cycle N/2', size, 'structures'):
+        batch = controller.submit_new_batch(dry_run=True)
+    assert len(batch) == size - half, len(batch)
+    with stages.stage('status N/2', size, 'structures'), contextlib.redirect_stdout(io.StringIO()):
+        print_status(controller)
+    status = controller.status()[SUBSET].counts
+    assert status['finished'] == half and status['pending'] == size - half, status
+
+    start = time.perf_counter()
+    count += store_results(structures[half:], fingerprint, theory, seed=1)
+    stages.info['insert_seconds'] += time.perf_counter() - start
+    after = storage_bytes(folder, database)
+    stages.info['db_bytes_per_structure'] = (after[0] - before[0]) / size
+    stages.info['repository_bytes_per_structure'] = (after[1] - before[1]) / size
+    stages.info['nodes_per_structure'] = count / size
+    print(
+        f'  [{stages.backend} N={size}] DFT results: {count} nodes inserted in {stages.info["insert_seconds"]:.1f} s; '
+        f'{stages.info["db_bytes_per_structure"]:.0f} database + {stages.info["repository_bytes_per_structure"]:.0f} '
+        'repository bytes per structure',
+        flush=True,
+    )
+
+    with stages.stage('cycle N', size, 'structures'):
+        batch = controller.submit_new_batch()
+    assert batch == {}, len(batch)
+    with stages.stage('status N', size, 'structures'), contextlib.redirect_stdout(io.StringIO()):
+        print_status(controller)
+    assert controller.status()[SUBSET].counts['finished'] == size
+
+    with stages.stage('build', size, 'frames'):
+        _, node = run_get_node(
+            DatasetWorkChain,
+            name=orm.Str('scale'),
+            groups=orm.List([PROCESS_GROUP]),
+            baseline=orm.Bool(False),
+        )
+    assert node.is_finished_ok, f'DatasetWorkChain<{node.pk}>: {node.exit_status} {node.exit_message}'
+    dataset = node.outputs.dataset
+    assert dataset.n_frames == size, dataset.n_frames
+    before_dataset = storage_bytes(folder, database)
+    stages.info['dataset_repository_bytes_per_frame'] = None
+
+    with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as directory:
+        with stages.stage('export xyz', size, 'frames'):
+            dataset.write_split_files(directory)
+    with tempfile.TemporaryDirectory(prefix='chemiscope-', dir=folder) as directory:
+        with stages.stage('export chemiscope', size, 'frames'):
+            write_chemiscope_per_subset(dataset.frames(), directory)
+    with tempfile.TemporaryDirectory(prefix='archives-', dir=folder) as directory:
+        with stages.stage('export archives', size, 'frames'), quiet_archive_logger():
+            paths = export_subset_archives(dft_workchains_by_subset(dataset), directory)
+        stages.info['archive_bytes_per_structure'] = sum(path.stat().st_size for path in paths.values()) / size
+
+    source = str(dataset.index()['source_uuid'][size // 3])
+    with stages.stage('lineage', 1, 'frames'):
+        found = lineage(source)
+    assert found['datasets'] and found['generation'], found
+    element = dataset.elements[0]
+    with stages.stage('query', size, 'frames'):
+        selected = query_frames(dataset, elements=[element])
+    assert len(selected) > 0
+    stages.info['dataset_bytes'] = before_dataset
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def exponent(points: list[tuple[int, float]]) -> float | None:
+    """Return the least-squares slope of log(seconds) against log(N), or ``None`` with fewer than two sizes."""
+    points = [(n, t) for n, t in points if t > 0]
+    if len({n for n, _ in points}) < 2:
+        return None
+    xs = [math.log(n) for n, _ in points]
+    ys = [math.log(t) for _, t in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def table(results: list[dict]) -> str:
+    """Return the markdown table of every row with the growth exponent of its stage on its backend."""
+    rows = [row for result in results for row in result['rows']]
+    fits = {}
+    for row in rows:
+        fits.setdefault((row['backend'], row['stage']), []).append((row['size'], row['seconds']))
+    lines = ['| backend | stage | N | time (s) | rate | peak RSS (MB) | exponent |', '|---|---|---|---|---|---|---|']
+    for row in rows:
+        slope = exponent(fits[(row['backend'], row['stage'])])
+        lines.append(
+            f'| {row["backend"]} | {row["stage"]} | {row["size"]} | {row["seconds"]:.2f} | '
+            f'{row["rate"]:.0f} {row["unit"]}/s | {row["rss_mb"]:.0f} | {"" if slope is None else f"{slope:.2f}"} |'
+        )
+    for result in results:
+        info, size = result['info'], result['rows'][0]['size'] if result['rows'] else '?'
+        backend = result['rows'][0]['backend'] if result['rows'] else '?'
+        if 'db_bytes_per_structure' in info:
+            lines.append(
+                f'\n{backend} N={size}: {info["nodes_per_structure"]:.0f} nodes, '
+                f'{info["db_bytes_per_structure"]:.0f} database bytes and '
+                f'{info["repository_bytes_per_structure"]:.0f} repository bytes per labelled structure (synthetic '
+                f'results); archives {info.get("archive_bytes_per_structure", 0):.0f} bytes per structure'
+            )
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sizes', default=os.environ.get('MAD_BENCH_SCALE_SIZES', '1000,10000'))
+    parser.add_argument('--backends', default=os.environ.get('MAD_BENCH_SCALE_BACKENDS', 'sqlite,postgres'))
+    parser.add_argument('--keep', action='store_true', help='keep the profiles under .bench-scale/')
+    parser.add_argument('--one', nargs=2, metavar=('BACKEND', 'N'), help=argparse.SUPPRESS)
+    parser.add_argument('--output', type=pathlib.Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    if args.one:
+        backend, size = args.one[0], int(args.one[1])
+        result = run_one(backend, size, args.keep)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=1, default=str))
+        return 0
+
+    sizes = [int(value) for value in args.sizes.split(',') if value]
+    backends = [value for value in args.backends.split(',') if value]
+    unknown = sorted(set(backends) - {'sqlite', 'postgres'})
+    if unknown or not sizes or min(sizes) < 2:
+        parser.error(f'backends are sqlite and postgres (got {unknown}); sizes are integers >= 2 (got {sizes})')
+    results = []
+    for backend in backends:
+        for size in sizes:
+            print(f'{backend}, N = {size}', flush=True)
+            output = WORK / f'result-{backend}-{size}.json'
+            output.parent.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, __file__, '--one', backend, str(size), '--output', str(output)]
+            if args.keep:
+                command.append('--keep')
+            if subprocess.run(command, check=False).returncode != 0:
+                print(f'  {backend} N={size} failed', flush=True)
+                continue
+            results.append(json.loads(output.read_text()))
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=1, default=str))
+    print(table(results))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
