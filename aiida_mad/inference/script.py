@@ -9,9 +9,11 @@
 loads the dataset's shards as they are (``shards``, read by :func:`aiida_mad.dataset.extxyz.read_shards`; only the
 frames of ``split`` when it is set: ``train``, ``val`` or ``test``) and plain extended-XYZ files of structures
 (``structures``, read by ASE, each frame with its uuid in ``info['source_uuid']``), predicts with every model
-(:func:`aiida_mad.inference.predict.predict`) and writes the arrays to ``output`` (``numpy.savez``), with the model
-kinds and the timings in ``predict.json``'s sibling ``predict-info.json``. Exit status 2 for bad input (a file that
-is not a model, an element a model does not know), with the reason on stderr.
+(:func:`aiida_mad.inference.predict.predict`), with ``rotations`` (``{"matrices": [[[...]]], "uuids": [...]}``)
+also the rotated copies of those structures (:func:`aiida_mad.learning.rotations.rotation_arrays`: arrays
+``rotation_*``, for the rotational symmetry error), and writes the arrays to ``output`` (``numpy.savez``), with the
+model kinds and the timings in ``predict.json``'s sibling ``predict-info.json``. Exit status 2 for bad input (a file
+that is not a model, an element a model does not know), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -49,7 +51,16 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     device = config.get('device', 'cpu')
     models = [Model(directory / name, device=device) for name in config['models']]
     loaded = time.perf_counter()
-    arrays = predict(models, frames, batch_size=int(config.get('batch_size', 16)))
+    batch_size = int(config.get('batch_size', 16))
+    arrays = predict(models, frames, batch_size=batch_size)
+    rotations = config.get('rotations')
+    if rotations:
+        from aiida_mad.learning.rotations import rotation_arrays
+
+        def predict_copies(copies):
+            return predict(models, copies, batch_size=batch_size)
+
+        arrays.update(rotation_arrays(predict_copies, frames, rotations['matrices'], rotations.get('uuids')))
     predicted = time.perf_counter()
     np.savez(directory / config.get('output', 'predictions.npz'), **arrays)
     info = {
@@ -57,7 +68,9 @@ def run(config: dict, directory: pathlib.Path) -> dict:
         'n_atoms': int(arrays['offsets'][-1]),
         'models': [{'file': model.path.name, 'kind': model.kind, 'elements': model.elements} for model in models],
         'device': device,
-        'batch_size': int(config.get('batch_size', 16)),
+        'batch_size': batch_size,
+        'n_rotated': len(arrays.get('rotation_uuids', [])),
+        'n_rotations': len(arrays.get('rotation_matrices', [])),
         'seconds_loading': loaded - start,
         'seconds_predicting': predicted - loaded,
     }

@@ -6,10 +6,11 @@ Energies, forces and stresses (PET-MAD Table I and Fig. 2)
     periodic in all three directions that has a reference stress). "Overall" pools every frame (PET-MAD's "MAD"
     row), it is not the mean of the subsets.
 
-Rotational symmetry error (PET-MAD Fig. 2, right panel)
+Rotational symmetry error (PET-MAD Fig. 2, right panel; PET-MAD-DOS eq. 10)
     Per structure, the standard deviation (population, ``ddof=0``) of the predicted energy per atom over its rotated
     copies (a Lebedev-Laikov grid of order 9, :mod:`aiida_mad.learning.rotations`), in meV/atom; per subset, the mean
-    over its structures (and the largest).
+    over its structures (and the largest). For the DOS, ``sqrt(∫ var_R DOS(E) dE) / n_A`` over the energies where
+    the target is defined, in the units of the DOS error.
 
 Density of states (PET-MAD-DOS eqs. 8-9)
     The DOS has no absolute energy reference in a periodic solid, so the error of a structure ``A`` is taken at the
@@ -50,6 +51,7 @@ __all__ = (
     'dos_rmse',
     'error_table',
     'mae_rmse',
+    'rotation_dos_error',
     'rotation_std',
     'table_rows',
 )
@@ -73,6 +75,7 @@ COLUMNS = {
     'n_rotated': '',
     'rotation_std': 'meV/atom',
     'rotation_std_max': 'meV/atom',
+    'rotation_dos': 'eV^-1/2 electrons^-1 states',
     'n_dos': '',
     'dos_rmse': 'eV^-1/2 electrons^-1 states',
     'gap_mae': 'eV',
@@ -152,6 +155,18 @@ def dos_rmse(
     return math.sqrt(squared) / n_electrons
 
 
+def rotation_dos_error(variance, target, n_electrons: float, *, spacing: float = 0.05) -> float:
+    """Return PET-MAD-DOS's rotational symmetry error of one structure (eq. 10).
+
+    ``sqrt(∫ var_R DOS(E) dE) / n_A`` over the energies where the target is defined, ``variance`` being the variance
+    over the rotated copies (``ddof=0``) of the predicted DOS at each grid point (same grid as the target).
+    """
+    target = np.asarray(target, dtype=float)
+    variance = np.asarray(variance, dtype=float)[: target.size]
+    valid = np.isfinite(target[: variance.size])
+    return math.sqrt(float(variance[valid].sum()) * spacing) / n_electrons
+
+
 def dos_bandgap(
     dos,
     n_electrons: float,
@@ -190,7 +205,8 @@ class FrameSet:
 
     Energies in eV/atom, forces in eV/Å (ragged: structure ``i`` in rows ``offsets[i]:offsets[i + 1]``), stresses in
     eV/Å³ ``(n, 3, 3)`` (NaN where undefined). The optional per-structure arrays hold NaN where a structure has no
-    value: ``rotation_std`` (eV/atom), ``dos_rmse`` (eq. 8), ``gap_error`` (eV, predicted minus reference).
+    value: ``rotation_std`` (eV/atom), ``rotation_dos`` (PET-MAD-DOS eq. 10, :func:`rotation_dos_error`),
+    ``dos_rmse`` (eq. 8), ``gap_error`` (eV, predicted minus reference).
     """
 
     subsets: Sequence[str]
@@ -202,6 +218,7 @@ class FrameSet:
     stress_reference: np.ndarray
     stress_predicted: np.ndarray
     rotation_std: np.ndarray | None = None
+    rotation_dos: np.ndarray | None = None
     dos_rmse: np.ndarray | None = None
     gap_error: np.ndarray | None = None
 
@@ -233,6 +250,8 @@ def _row(frames: FrameSet, selected: np.ndarray) -> dict:
     row['n_rotated'] = int(rotation.size)
     row['rotation_std'] = _milli(float(rotation.mean())) if rotation.size else None
     row['rotation_std_max'] = _milli(float(rotation.max())) if rotation.size else None
+    rotation = _selected(frames.rotation_dos, selected)
+    row['rotation_dos'] = float(rotation.mean()) if rotation.size else None
     dos = _selected(frames.dos_rmse, selected)
     row['n_dos'] = int(dos.size)
     row['dos_rmse'] = float(dos.mean()) if dos.size else None
@@ -285,6 +304,7 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         ('stress MAE|RMSE [meV/Å³]', 'stress_mae', 'stress_rmse', 2),
         ('rotational std mean (max) [meV/atom]', 'rotation_std', 'rotation_std_max', 3),
         ('DOS RMSE [eV^-½ e^-1 states]', 'dos_rmse', None, 4),
+        ('DOS rotational std [eV^-½ e^-1 states]', 'rotation_dos', None, 6),
         ('gap MAE|RMSE [eV]', 'gap_mae', 'gap_rmse', 3),
     ]
     present = [column for column in columns if any(row.get(column[1]) is not None for _, row in rows)]

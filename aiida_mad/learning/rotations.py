@@ -31,6 +31,7 @@ __all__ = (
     'align_z',
     'lebedev_grid',
     'rotated_copies',
+    'rotation_arrays',
     'rotation_matrices',
 )
 
@@ -135,3 +136,40 @@ def rotated_copies(frame: Atoms, matrices: Sequence) -> list[Atoms]:
             copy.info['source_uuid'] = frame.info['source_uuid']
         copies.append(copy)
     return copies
+
+
+def rotation_arrays(predict, frames: Sequence[Atoms], matrices, uuids: Sequence[str] | None = None) -> dict:
+    """Predict the rotated copies of ``frames`` (those of ``uuids`` only, when given) and return their arrays.
+
+    :param predict: a function of a list of frames returning the arrays of
+        :func:`aiida_mad.inference.predict.predict` (``energy`` ``(M, n)``, and/or ``dos`` ``(M, n, G)``).
+    :param matrices: the ``(R, 3, 3)`` rotations (``R >= 2``).
+    :return: ``rotation_uuids`` ``(k,)``, ``rotation_matrices`` ``(R, 3, 3)`` and, for the targets predicted,
+        ``rotation_energy`` and ``rotation_energy_per_atom`` ``(M, k, R)``; ``rotation_dos_variance`` ``(M, k, G)``,
+        the variance (``ddof=0``) over the rotations of the DOS at each grid point (PET-MAD-DOS eq. 10 integrates
+        it over the energies where the target is defined).
+    :raises ValueError: for fewer than two rotations or a uuid that is not among the frames.
+    """
+    matrices = np.asarray(matrices, dtype=float)
+    if matrices.ndim != 3 or matrices.shape[1:] != (3, 3) or len(matrices) < 2:
+        raise ValueError(f'rotations must be at least two 3x3 matrices, got an array of shape {matrices.shape}')
+    by_uuid = {str(frame.info.get('source_uuid')): frame for frame in frames}
+    wanted = list(by_uuid) if uuids is None else [str(uuid) for uuid in uuids]
+    missing = [uuid for uuid in wanted if uuid not in by_uuid]
+    if missing:
+        raise ValueError(f'no structure {missing[0]} to rotate among the {len(frames)} structures predicted')
+    copies = [copy for uuid in wanted for copy in rotated_copies(by_uuid[uuid], matrices)]
+    count, rotations = len(wanted), len(matrices)
+    result = {'rotation_uuids': np.array(wanted, dtype='U36'), 'rotation_matrices': matrices}
+    if not copies:
+        return result
+    arrays = predict(copies)
+    if arrays.get('energy') is not None:
+        energy = np.asarray(arrays['energy']).reshape(-1, count, rotations)
+        natoms = np.array([len(by_uuid[uuid]) for uuid in wanted], dtype=float)
+        result['rotation_energy'] = energy
+        result['rotation_energy_per_atom'] = energy / natoms[None, :, None]
+    if arrays.get('dos') is not None:
+        dos = np.asarray(arrays['dos'])
+        result['rotation_dos_variance'] = dos.reshape(dos.shape[0], count, rotations, -1).var(axis=2)
+    return result

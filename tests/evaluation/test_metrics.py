@@ -17,6 +17,7 @@ from aiida_mad.learning.evaluation import (
     dos_rmse,
     error_table,
     mae_rmse,
+    rotation_dos_error,
     rotation_std,
     table_rows,
 )
@@ -25,6 +26,7 @@ from aiida_mad.learning.rotations import (
     align_z,
     lebedev_grid,
     rotated_copies,
+    rotation_arrays,
     rotation_matrices,
 )
 
@@ -188,3 +190,40 @@ def test_electron_count_and_band_gap_from_a_dos():
     assert dos_bandgap(dos, 4.0, 1, start=-40.0, fermi=0.0) == pytest.approx(gap)
     metal = gaussian_dos([-5.0, -2.0, 0.0, 3.0], start=-40.0)
     assert dos_bandgap(metal, 5.0, 1, start=-40.0) == 0.0
+
+
+def test_rotation_arrays_predict_every_copy_once_per_rotation():
+    frames = [
+        Atoms('SiH2', positions=[[0, 0, 0], [1.5, 0, 0], [0, 1.2, 0.4]], cell=np.eye(3) * 6, pbc=True),
+        Atoms('H2', positions=[[0, 0, 0], [0.74, 0, 0]]),
+    ]
+    for index, frame in enumerate(frames):
+        frame.info['source_uuid'] = f'uuid-{index}'
+    calls = []
+
+    def predict(copies):
+        calls.append(len(copies))
+        energy = np.array([[composition_energy(copy) + 0.01 * copy.positions[-1, 0] for copy in copies]])
+        return {'energy': energy, 'dos': np.stack([energy.T * np.ones((len(copies), 4))])}
+
+    arrays = rotation_arrays(predict, frames, rotation_matrices(5), uuids=['uuid-1'])
+    assert calls == [14]
+    assert list(arrays['rotation_uuids']) == ['uuid-1']
+    assert arrays['rotation_energy'].shape == (1, 1, 14)
+    assert np.allclose(arrays['rotation_energy_per_atom'], arrays['rotation_energy'] / 2)
+    assert arrays['rotation_dos_variance'].shape == (1, 1, 4)
+    assert np.allclose(arrays['rotation_dos_variance'][0, 0], arrays['rotation_energy'][0, 0].var())
+    assert rotation_std(arrays['rotation_energy_per_atom'][0])[0] > 0
+    assert rotation_arrays(predict, frames, rotation_matrices(3))['rotation_energy'].shape == (1, 2, 6)
+    with pytest.raises(ValueError, match='no structure nope to rotate'):
+        rotation_arrays(predict, frames, rotation_matrices(3), uuids=['nope'])
+    with pytest.raises(ValueError, match='at least two 3x3 matrices'):
+        rotation_arrays(predict, frames, np.eye(3)[None])
+
+
+def test_rotational_dos_error_is_zero_without_spread():
+    target = gaussian_dos([-5.0, -2.0])
+    target[1000:] = np.nan
+    assert rotation_dos_error(np.zeros(1200), target, 4.0) == 0.0
+    variance = np.full(1200, 0.04)
+    assert rotation_dos_error(variance, target, 4.0) == pytest.approx(np.sqrt(0.04 * 1000 * 0.05) / 4.0)
