@@ -77,6 +77,8 @@ class ReportData:
         states are disjoint (an outlier is a converged result excluded from the dataset). Other keys (``pending``,
         ``running``) are shown but do not enter the rates.
     :param energy_label: what the energy column is, for axis labels (for example a baseline-subtracted energy).
+    :param sections: more HTML ``<section>`` elements, shown after the built-in figures in the order given (the
+        physicality benchmarks of the dataset's models: :func:`aiida_mad.export.physicality.dataset_sections`).
     """
 
     name: str
@@ -91,6 +93,7 @@ class ReportData:
     energy_label: str = 'energy per atom'
     level_of_theory: str | None = None
     test_grade: bool = False
+    sections: Sequence[str] = ()
 
     def __post_init__(self):
         self.subset = np.asarray(self.subset, dtype=str).reshape(-1)
@@ -234,6 +237,7 @@ def render_report(data: ReportData) -> str:
             heading='Forces',
             lower=0.0,
         ),
+        *data.sections,
         '</main>',
         '<footer>Written by aiida-mad. Self-contained page: no external resources.</footer>',
     ]
