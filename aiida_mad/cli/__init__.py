@@ -3,6 +3,7 @@
 from .dataset import cmd_dataset
 from .demo import cmd_demo
 from .dft import cmd_dft
+from .dos_cnn import cmd_model_dos_cnn
 from .evaluate import cmd_model_evaluate
 from .mace import cmd_model_predict, cmd_train_committee, cmd_train_mace
 from .model import cmd_model
@@ -23,6 +24,7 @@ cmd_root.add_command(cmd_train)
 cmd_train.add_command(cmd_train_mace)
 cmd_train.add_command(cmd_train_committee)
 cmd_model.add_command(cmd_model_predict)
+cmd_model.add_command(cmd_model_dos_cnn)
 cmd_model.add_command(cmd_model_evaluate)
 
 __all__ = ('cmd_root',)

@@ -141,7 +141,7 @@ def aligned_fermi_level(energies, dos, reference_energies, reference_dos, *, max
     valid = np.isfinite(reference)
     if not valid.any():
         raise ValueError('the reference DOS has no valid (finite) point')
-    steps = int(round(max_shift / spacing))
+    steps = round(max_shift / spacing)
     shifts = spacing * np.arange(-steps, steps + 1)
     points = reference_e[valid]
     values = reference[valid]
