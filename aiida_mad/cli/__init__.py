@@ -1,5 +1,6 @@
 """Command line interface ``aiida-mad``."""
 
+from .benchmarks import cmd_model_dimers, cmd_model_ev_scan, cmd_model_md_stability
 from .dataset import cmd_dataset
 from .demo import cmd_demo
 from .dft import cmd_dft
@@ -24,6 +25,9 @@ cmd_root.add_command(cmd_train)
 cmd_train.add_command(cmd_train_mace)
 cmd_train.add_command(cmd_train_committee)
 cmd_model.add_command(cmd_model_predict)
+cmd_model.add_command(cmd_model_dimers)
+cmd_model.add_command(cmd_model_ev_scan)
+cmd_model.add_command(cmd_model_md_stability)
 cmd_model.add_command(cmd_model_dos_cnn)
 cmd_model.add_command(cmd_model_evaluate)
 

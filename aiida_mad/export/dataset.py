@@ -211,6 +211,7 @@ def convergence_counts(selection: Mapping) -> dict[str, dict[str, int]]:
 
 def report_data(dataset):
     """Return the :class:`~aiida_mad.export.report.ReportData` of ``dataset`` (from its index, no shard parsing)."""
+    from aiida_mad.export.physicality import dataset_sections
     from aiida_mad.export.report import ReportData
 
     index = dataset.index()
@@ -230,6 +231,7 @@ def report_data(dataset):
         test_grade=not dataset.theory.get('production', False),
         convergence=convergence_counts(dataset.selection),
         energy_label='energy per atom minus the isolated atoms' if use_baseline else 'energy per atom',
+        sections=dataset_sections(dataset),
     )
 
 

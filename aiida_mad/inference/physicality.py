@@ -50,9 +50,11 @@ from ase.data import atomic_numbers, covalent_radii
 
 __all__ = (
     'BENCHMARKS',
+    'DEFAULT_PARAMETERS',
     'DIMER_POINTS',
     'EV_POINTS',
     'MD_DEFAULTS',
+    'benchmark_parameters',
     'check_dimer',
     'check_ev_scan',
     'dimer_curve',
@@ -61,6 +63,7 @@ __all__ = (
     'evaluate',
     'md_stability',
     'md_supercell',
+    'run_benchmark',
     'run_dimers',
     'run_ev_scans',
     'run_md_stability',
@@ -570,3 +573,53 @@ def run_md_stability(
     summary['n_failed'] = sum(not item['passed'] for item in items)
     summary['failed'] = [item['name'] for item in items if not item['passed']]
     return {'benchmark': 'md_stability', 'parameters': settings, 'items': items, 'summary': summary}
+
+
+# ------------------------------------------------------------------------------------------------------ one entry
+
+
+#: The parameters of each benchmark and their defaults (``device`` is the script's, for every benchmark).
+DEFAULT_PARAMETERS = {
+    'dimers': {'points': DIMER_POINTS, 'span': list(DIMER_RANGE)},
+    'ev_scan': {'points': EV_POINTS, 'max_strain': EV_MAX_STRAIN},
+    'md_stability': dict(MD_DEFAULTS),
+}
+
+
+def benchmark_parameters(benchmark: str, parameters: dict | None) -> dict:
+    """Return the parameters of ``benchmark`` merged over its defaults, after checking the name and the keys.
+
+    :raises ValueError: naming an unknown benchmark or unknown parameter keys (with the allowed ones).
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f'unknown benchmark {benchmark!r}: choose one of {", ".join(BENCHMARKS)}')
+    defaults = DEFAULT_PARAMETERS[benchmark]
+    parameters = dict(parameters or {})
+    unknown = sorted(set(parameters) - set(defaults))
+    if unknown:
+        raise ValueError(f'unknown {benchmark} parameter(s) {unknown}: allowed are {sorted(defaults)}')
+    return {**defaults, **parameters}
+
+
+def run_benchmark(
+    benchmark: str,
+    engine,
+    *,
+    structures: Sequence[Atoms] = (),
+    elements: Sequence[str] = (),
+    parameters: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run one benchmark by name (:data:`BENCHMARKS`) and return its result.
+
+    :param structures: the structures of ``ev_scan`` and ``md_stability``.
+    :param elements: the elements of ``dimers``.
+    """
+    parameters = benchmark_parameters(benchmark, parameters)
+    if benchmark == 'dimers':
+        return run_dimers(engine, list(elements), points=int(parameters['points']), span=parameters['span'])
+    if benchmark == 'ev_scan':
+        return run_ev_scans(
+            engine, list(structures), points=int(parameters['points']), max_strain=float(parameters['max_strain'])
+        )
+    return run_md_stability(engine, list(structures), parameters, progress=progress)
