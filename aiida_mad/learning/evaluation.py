@@ -53,6 +53,7 @@ __all__ = (
     'mae_rmse',
     'rotation_dos_error',
     'rotation_std',
+    'table_csv',
     'table_rows',
 )
 
@@ -321,3 +322,16 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
                 cells.append(f'{_cell(row.get(first), digits)} | {_cell(row.get(second), digits)}')
         lines.append(cells)
     return header, lines
+
+
+def table_csv(table: dict) -> str:
+    """Return ``table`` as CSV: one line per subset, then ``overall``, every column of :data:`COLUMNS` (empty: none)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(['subset', *(f'{name} [{unit}]' if unit else name for name, unit in COLUMNS.items())])
+    for name, row in [*table['subsets'].items(), ('overall', table['overall'])]:
+        writer.writerow([name, *('' if row.get(column) is None else row[column] for column in COLUMNS)])
+    return buffer.getvalue()

@@ -227,3 +227,15 @@ def test_rotational_dos_error_is_zero_without_spread():
     assert rotation_dos_error(np.zeros(1200), target, 4.0) == 0.0
     variance = np.full(1200, 0.04)
     assert rotation_dos_error(variance, target, 4.0) == pytest.approx(np.sqrt(0.04 * 1000 * 0.05) / 4.0)
+
+
+def test_table_csv_has_every_column_and_the_overall_row():
+    from aiida_mad.learning.evaluation import COLUMNS, table_csv
+
+    lines = table_csv(error_table(three_frames())).splitlines()
+    assert lines[0].split(',')[:3] == ['subset', 'n_frames', 'n_atoms']
+    assert len(lines[0].split(',')) == 1 + len(COLUMNS)
+    assert [line.split(',')[0] for line in lines[1:]] == ['a', 'b', 'overall']
+    overall = dict(zip(lines[0].split(','), lines[3].split(','), strict=True))
+    assert float(overall['energy_mae [meV/atom]']) == pytest.approx(70 / 3)
+    assert overall['rotation_std [meV/atom]'] == ''
