@@ -211,6 +211,7 @@ def convergence_counts(selection: Mapping) -> dict[str, dict[str, int]]:
 
 def report_data(dataset):
     """Return the :class:`~aiida_mad.export.report.ReportData` of ``dataset`` (from its index, no shard parsing)."""
+    from aiida_mad.export.evaluation import dataset_sections as evaluation_sections
     from aiida_mad.export.physicality import dataset_sections
     from aiida_mad.export.report import ReportData
 
@@ -218,6 +219,7 @@ def report_data(dataset):
     baseline = index['energy_baseline_subtracted']
     use_baseline = len(baseline) > 0 and bool(np.isfinite(baseline).all())
     energy = baseline / np.maximum(index['natoms'], 1) if use_baseline else index['energy_per_atom']
+    evaluations = evaluation_sections(dataset)
     return ReportData(
         name=dataset.name,
         subset=index['subset'],
@@ -231,7 +233,7 @@ def report_data(dataset):
         test_grade=not dataset.theory.get('production', False),
         convergence=convergence_counts(dataset.selection),
         energy_label='energy per atom minus the isolated atoms' if use_baseline else 'energy per atom',
-        sections=dataset_sections(dataset),
+        sections=[*evaluations, *dataset_sections(dataset, first_number=6 + len(evaluations))],
     )
 
 

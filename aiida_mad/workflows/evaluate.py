@@ -35,7 +35,7 @@ from aiida_mad.calculations.predict import validate_inputs as validate_predict
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.data.model import ModelData
 
-__all__ = ('DEFAULT_ROTATIONS', 'EvaluateWorkChain', 'rotation_settings')
+__all__ = ('DEFAULT_ROTATIONS', 'EvaluateWorkChain', 'evaluation_tables', 'rotation_settings')
 
 #: Defaults of the ``rotations`` input: PET-MAD's grid of order 9 (38 rotations), no in-plane rotation, every frame.
 DEFAULT_ROTATIONS = {'order': 9, 'in_plane': 1, 'max_per_subset': None}
@@ -270,3 +270,21 @@ class EvaluateWorkChain(WorkChain):
             f'{overall["forces_mae"]} meV/Å, rotational std {overall["rotation_std"]} meV/atom'
         )
         return None
+
+
+def evaluation_tables(*, dataset: DatasetData | None = None, model: ModelData | None = None) -> list[orm.Dict]:
+    """Return the evaluation tables (``table`` outputs of ``mad.evaluation_table``), newest first.
+
+    :param dataset: only the tables of this dataset.
+    :param model: only the tables of this model.
+    """
+    filters = {}
+    if dataset is not None:
+        filters['attributes.dataset'] = dataset.uuid
+    if model is not None:
+        filters['attributes.model'] = model.uuid
+    query = orm.QueryBuilder()
+    query.append(orm.CalcFunctionNode, filters={'attributes.process_label': 'evaluation_table'}, tag='calc')
+    query.append(orm.Dict, with_incoming='calc', edge_filters={'label': 'table'}, filters=filters, tag='table')
+    query.order_by({'table': {'id': 'desc'}})
+    return query.all(flat=True)
