@@ -37,7 +37,8 @@ def cmd_setup():
 def cmd_setup_localhost(computer, pw_executable, bin_dir):
     """Create codes pw, mtt, mace, aiida-mad-predict on COMPUTER, install the offline PBEsol family; idempotent.
 
-    Codes that exist are kept (and checked to point at the same executable); nothing is replaced.
+    Also aiida-mad-dos-cnn (mad.dos_cnn). Codes that exist are kept (and checked to point at the same executable);
+    nothing is replaced.
     """
     from aiida_mad.codes import detect_pw_version, ensure_installed_code, pw_prepend_text
     from aiida_mad.pseudos import install_offline_family
@@ -64,6 +65,14 @@ def cmd_setup_localhost(computer, pw_executable, bin_dir):
             False,
             '',
             'batched prediction with trained models (mad.predict)',
+        ),
+        (
+            'aiida-mad-dos-cnn',
+            str(pathlib.Path(bin_dir) / 'aiida-mad-dos-cnn'),
+            'mad.dos_cnn',
+            False,
+            '',
+            'bandgap and Fermi-level CNNs on a predicted DOS (mad.dos_cnn)',
         ),
     ]
     changed = False
