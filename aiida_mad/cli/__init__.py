@@ -1,5 +1,6 @@
 """Command line interface ``aiida-mad``."""
 
+from .al import cmd_al
 from .benchmarks import cmd_model_dimers, cmd_model_ev_scan, cmd_model_md_stability
 from .dataset import cmd_dataset
 from .demo import cmd_demo
@@ -14,6 +15,7 @@ from .setup import cmd_setup
 from .structures import cmd_structures
 from .train import cmd_train
 
+cmd_root.add_command(cmd_al)
 cmd_root.add_command(cmd_dataset)
 cmd_root.add_command(cmd_demo)
 cmd_root.add_command(cmd_dft)
