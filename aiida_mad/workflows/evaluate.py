@@ -125,7 +125,10 @@ class EvaluateWorkChain(WorkChain):
             PredictCalculation,
             namespace='predict',
             exclude=('models', 'dataset', 'split', 'structures', 'rotations'),
-            namespace_options={'help': 'Inputs of the `mad.predict` run: code, parameters, metadata.options.'},
+            namespace_options={
+                'help': 'Inputs of the `mad.predict` run: code, parameters, metadata.options.',
+                'validator': None,  # mad.predict's own validator needs the models: validate_inputs calls it
+            },
         )
         spec.inputs.validator = cls.validate_inputs
         spec.outline(cls.predict, cls.tabulate)
