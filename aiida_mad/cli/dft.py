@@ -125,31 +125,24 @@ def build_options(num_mpiprocs, walltime):
 
 
 def make_controller(group, code, protocol, pseudo_family, process_group, max_concurrent, options):
-    """Return the controller of ``group``; exit with the message of a bad protocol, family or code.
+    """Return the controller of ``group``; exit with the message of a bad protocol, family, code or group label.
 
-    The process group is not created here: only :func:`submit_batch` creates it, when something is submitted. A
-    controller whose process group does not exist yet is built without the check that the group exists (its queries
-    then find no work chain), so that read-only commands and refused submissions store nothing.
+    Building the controller stores nothing: it creates its process group only when it submits something, so
+    read-only commands and refused submissions leave the profile as it was.
     """
-    from aiida.orm import Group
-
     from aiida_mad.controllers.dft import DftSubmissionController, default_process_group_label
 
-    label = process_group or default_process_group_label(group.label)
     fields = {
         'parent_group_label': group.label,
-        'group_label': label,
+        'group_label': process_group or default_process_group_label(group.label),
         'code': code.full_label,
         'protocol': protocol,
         'overrides': build_overrides(pseudo_family),
         'options': options,
         'max_concurrent': max_concurrent,
     }
-    if Group.collection.count(filters={'label': label}):
-        controller = DftSubmissionController(**fields)
-    else:
-        controller = DftSubmissionController.model_construct(**fields)
     try:
+        controller = DftSubmissionController(**fields)
         controller.fingerprint  # noqa: B018 - resolves the protocol, the family and the code version, which may fail
     except ValueError as exception:
         echo.echo_critical(str(exception))
@@ -157,20 +150,25 @@ def make_controller(group, code, protocol, pseudo_family, process_group, max_con
 
 
 def submit_batch(controller):
-    """Submit the next batch of ``controller``, creating its process group first if something is pending.
+    """Submit the next batch of ``controller`` (it creates its process group if something is submitted).
 
-    Return the controller (a checked one once the process group exists) and what was submitted.
+    Return the controller and what was submitted.
     """
-    from aiida.orm import Group
-
-    from aiida_mad.controllers.dft import DftSubmissionController
-
-    if not controller.pending_uuids():
-        return controller, {}
-    _, created = Group.collection.get_or_create(label=controller.group_label)
-    if created:
-        controller = DftSubmissionController(**controller.model_dump())
     return controller, controller.submit_new_batch()
+
+
+def failure_reason(exit_status) -> str:
+    """Return an exit status of ``MadDftWorkChain`` with its reason, e.g. ``340 (out of memory)``.
+
+    A process state (``excepted``, ``killed``) or an exit status that the work chain does not define is returned as
+    it is.
+    """
+    from aiida_mad.workflows.dft import MadDftWorkChain
+
+    for label, exit_code in MadDftWorkChain.exit_codes.items():
+        if exit_code.status == exit_status:
+            return f'{exit_status} ({label.removeprefix("ERROR_").replace("_", " ").lower()})'
+    return str(exit_status)
 
 
 def print_status(controller):
@@ -193,7 +191,8 @@ def print_status(controller):
     table.add_column('failed exit statuses', overflow='fold')
     for subset, entry in status.items():
         statuses = ', '.join(
-            f'{exit_status}: {count}' for exit_status, count in sorted(entry.exit_statuses.items(), key=str)
+            f'{failure_reason(exit_status)}: {count}'
+            for exit_status, count in sorted(entry.exit_statuses.items(), key=str)
         )
         table.add_row(subset, *(str(entry.counts[state]) for state in STATES), statuses)
     console = Console()

@@ -7,10 +7,14 @@ of the profile carries its key (one query over the process nodes by their extras
 ``max_concurrent`` caps the work chains of the process group that are active at once.
 
 **Concurrent controllers.** Finding the pending structures and submitting them is one critical section, guarded by
-an exclusive file lock (``fcntl.flock``) in the AiiDA configuration folder, one per profile (structures can be in
-several parent groups, so the lock is not per group); the pending structures are queried again inside the lock. Two
-``aiida-mad dft submit`` on one machine therefore never both submit a structure. The lock does not reach other
-machines: with a PostgreSQL profile shared by several machines, run the controller of a group on one machine only.
+an exclusive lock, one per profile (structures can be in several parent groups, so the lock is not per group); the
+pending structures are queried again inside the lock. On PostgreSQL the lock is a session-level advisory lock of the
+database (``pg_advisory_lock``, key :data:`ADVISORY_LOCK_KEY`), so controllers on different machines sharing the
+profile never both submit a structure; the database releases it if the controller's connection dies. On SQLite
+(one machine by nature) it is an exclusive file lock (``fcntl.flock``) in the AiiDA configuration folder.
+
+**Process group.** The controller creates its process group only when it submits something: building one, asking
+its status, a dry run or a refused submission store nothing.
 
 **Atomic submission.** A work chain is stored, given its extras (key and ``mad_submission = 'stored'``) and added
 to its process group in one database transaction: an interruption before the commit leaves nothing (no node, no
@@ -27,13 +31,14 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 from aiida import orm
 from aiida_submission_controller import FromGroupSubmissionController
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, field_validator
 
 #: Extras on every submitted work chain that identify what it labels.
 UNIQUE_EXTRA_KEYS = ('mad_source_uuid', 'mad_fingerprint')
@@ -49,6 +54,13 @@ SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 #: Process type of the work chains the controller submits.
 DFT_PROCESS_TYPE = 'aiida.workflows:mad.dft'
+
+#: Key of the PostgreSQL advisory lock of the DFT submissions (a signed 64-bit integer; one lock per database, and
+#: so per profile).
+ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b'aiida-mad:dft-submit').digest()[:8], 'big', signed=True)
+
+#: Longest group label: PostgreSQL's limit (``varchar(255)``), enforced on SQLite too so profiles stay portable.
+MAX_GROUP_LABEL = 255
 
 
 def submission_lock_path() -> pathlib.Path:
@@ -76,16 +88,65 @@ def _begin_immediate(storage) -> None:
 
 
 @contextlib.contextmanager
-def submission_lock() -> Iterator[pathlib.Path]:
-    """Hold the profile's exclusive submission lock (blocking) for the duration of the block."""
+def submission_lock() -> Iterator[str]:
+    """Hold the profile's exclusive submission lock (blocking) for the duration of the block; yield what it is.
+
+    On PostgreSQL: the advisory lock :data:`ADVISORY_LOCK_KEY`, held on a connection of its own (commits of the
+    submissions do not release it; a dead controller's connection does). On SQLite: the file lock of
+    :func:`submission_lock_path`.
+    """
+    from aiida.manage import get_manager
+
+    bind = get_manager().get_profile_storage().get_session().get_bind()
+    engine = getattr(bind, 'engine', bind)
+    if engine.dialect.name == 'postgresql':
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            connection.execute(text('SELECT pg_advisory_lock(:key)'), {'key': ADVISORY_LOCK_KEY})
+            connection.commit()
+            try:
+                yield f'pg_advisory_lock({ADVISORY_LOCK_KEY})'
+            finally:
+                connection.execute(text('SELECT pg_advisory_unlock(:key)'), {'key': ADVISORY_LOCK_KEY})
+                connection.commit()
+        return
     path = submission_lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open('a') as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield path
+            yield str(path)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_group_label(label: str) -> str:
+    """Return ``label`` if it can name a process group; raise ``ValueError`` naming the problem otherwise.
+
+    Refused, as by the command line: an empty or blank label, one longer than :data:`MAX_GROUP_LABEL` characters,
+    one with control or format characters (newlines, tabs, bidirectional overrides), one that starts or ends with
+    white space, one with an empty path component (``//``, ``/`` at an end). The group need not exist: the controller
+    creates it at its first submission.
+    """
+    import unicodedata
+
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f'process group label {label!r} is empty: give a label such as mad/dft/mc3d')
+    if len(label) > MAX_GROUP_LABEL:
+        raise ValueError(
+            f'process group label {label[:40]!r}... has {len(label)} characters: at most {MAX_GROUP_LABEL} '
+            '(the limit of PostgreSQL profiles)'
+        )
+    control = sorted({character for character in label if unicodedata.category(character) in ('Cc', 'Cf')})
+    if control:
+        listed = ', '.join(f'U+{ord(character):04X}' for character in control)
+        raise ValueError(f'process group label {label!r} contains control characters ({listed})')
+    if label != label.strip():
+        raise ValueError(f'process group label {label!r} starts or ends with white space')
+    if '' in label.split('/'):
+        raise ValueError(f"process group label {label!r} has an empty path component ('//', or '/' at an end)")
+    return label
 
 
 @dataclasses.dataclass
@@ -111,6 +172,33 @@ class DftSubmissionController(FromGroupSubmissionController):
     """The structure uuid and the level-of-theory fingerprint."""
 
     _fingerprint: str | None = PrivateAttr(default=None)
+
+    # The process group need not exist: it is created at the first submission (see :meth:`ensure_group`).
+    _validate_group_exists = field_validator('group_label')(check_group_label)
+
+    @field_validator('max_concurrent')
+    @classmethod
+    def _check_max_concurrent(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f'max_concurrent must be at least 1, not {value}')
+        return value
+
+    @property
+    def group(self) -> orm.Group:
+        """Return the process group; raise ``NotExistent`` naming it if nothing was submitted into it yet."""
+        from aiida.common.exceptions import NotExistent
+
+        try:
+            return orm.Group.collection.get(label=self.group_label)
+        except NotExistent:
+            raise NotExistent(
+                f'process group `{self.group_label}` does not exist yet: it is created at the first submission'
+            ) from None
+
+    def ensure_group(self) -> orm.Group:
+        """Return the process group, creating it first if needed (only :meth:`submit_new_batch` calls this)."""
+        group, _ = orm.Group.collection.get_or_create(label=self.group_label)
+        return group
 
     @property
     def fingerprint(self) -> str:
@@ -275,18 +363,19 @@ class DftSubmissionController(FromGroupSubmissionController):
         """Submit up to the free slots; unlike the base class, let errors propagate instead of logging them away.
 
         The pending structures are found and submitted under the profile's submission lock (see the module
-        documentation); orphaned submissions are retired first. Each work chain is stored, keyed and put in the
+        documentation); orphaned submissions are retired first. The process group is created here, and only when
+        there is something to submit. Each work chain is stored, keyed and put in the
         process group in one transaction, then sent to the daemon. Returns ``{(uuid, fingerprint): node}``.
         """
         if dry_run:
             batch = [(uuid, self.fingerprint) for uuid in self.pending_uuids()[: self.num_available_slots]]
             return dict.fromkeys(batch)
-        group = self.group
         submitted = {}
         with submission_lock():
             self.retire_orphans()
             pending = self.pending_uuids()
             batch = [(uuid, self.fingerprint) for uuid in pending[: self.num_available_slots]]
+            group = self.ensure_group() if batch else None
             for extras in batch:
                 submitted[extras] = self.submit_one(extras, group)
         return submitted

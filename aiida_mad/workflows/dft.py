@@ -9,6 +9,7 @@ functional and spin treatment (protocol ``mad``). The restart handlers may chang
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 from aiida import orm
@@ -93,6 +94,72 @@ def _fermi_energy_not_bracketed(calculation) -> bool:
     return False
 
 
+#: Restarts of :meth:`MadPwBaseWorkChain.handle_interrupted_run` (killed, node lost, output unreadable) per work chain.
+INTERRUPTED_RESTARTS = 2
+
+#: What the kernel, Slurm or pw.x print when a run runs out of memory (searched case-insensitively in the scheduler's
+#: stderr and stdout and in pw.x's output).
+OUT_OF_MEMORY_MESSAGES = ('oom-kill', 'out-of-memory', 'out of memory', 'exceeded job memory limit', 'cannot allocate')
+
+#: Exit statuses of a ``PwCalculation`` that may come from a run interrupted from outside (scheduler kill at the
+#: walltime, node failure, out of memory) or from output lost afterwards (truncated or missing XML, cut stdout).
+INTERRUPTION_EXIT_STATUSES = tuple(
+    PwCalculation.exit_codes[label].status
+    for label in (
+        'ERROR_SCHEDULER_OUT_OF_MEMORY',
+        'ERROR_SCHEDULER_OUT_OF_WALLTIME',
+        'ERROR_SCHEDULER_NODE_FAILURE',
+        'ERROR_OUTPUT_XML_MISSING',
+        'ERROR_OUTPUT_FILES',
+        'ERROR_OUTPUT_STDOUT_INCOMPLETE',
+        'ERROR_OUTPUT_XML_READ',
+        'ERROR_OUTPUT_XML_PARSE',
+    )
+)
+
+
+def _retrieved_text(calculation, names) -> str:
+    """Return the retrieved files ``names`` of ``calculation`` that exist, joined (empty without a retrieved folder)."""
+    if 'retrieved' not in calculation.outputs:
+        return ''
+    retrieved = calculation.outputs.retrieved
+    present = set(retrieved.base.repository.list_object_names())
+    return '\n'.join(retrieved.base.repository.get_object_content(name) for name in names if name and name in present)
+
+
+def classify_interruption(calculation) -> str | None:
+    """Return why a failed pw.x run stopped from outside: ``'out of memory'``, ``'interrupted'`` or ``None``.
+
+    ``out of memory``: the scheduler says so (``ERROR_SCHEDULER_OUT_OF_MEMORY``), or its output or pw.x's carries an
+    out-of-memory message (:data:`OUT_OF_MEMORY_MESSAGES`). ``interrupted``: the scheduler killed the job at its
+    walltime or lost its node, or pw.x started (its header is in the output) and stopped without an error of its own
+    (no ``%%%%`` error block) but its output is cut or its XML missing or unreadable. ``None`` for anything else,
+    e.g. a pw.x that never started (no output at all) or that stopped on an error it printed itself: the other
+    handlers, or the generic restart of an unhandled failure, deal with those.
+    """
+    status = calculation.exit_status
+    if not calculation.is_failed or status not in INTERRUPTION_EXIT_STATUSES:
+        return None
+    output_name = calculation.get_option('output_filename') or 'aiida.out'
+    stdout = _retrieved_text(calculation, [output_name, 'CRASH'])
+    scheduler = _retrieved_text(
+        calculation, [calculation.get_option('scheduler_stderr'), calculation.get_option('scheduler_stdout')]
+    )
+    text = f'{scheduler}\n{stdout}'.lower()
+    if status == PwCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY.status or any(
+        message in text for message in OUT_OF_MEMORY_MESSAGES
+    ):
+        return 'out of memory'
+    if status in (
+        PwCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status,
+        PwCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE.status,
+    ):
+        return 'interrupted'
+    if 'program pwscf' in stdout.lower() and '%%%%' not in stdout:
+        return 'interrupted'
+    return None
+
+
 def _occupied_bands(structure, pseudos) -> int:
     """Return half the valence electrons of ``structure`` with these pseudopotentials, rounded up."""
     electrons = sum(pseudos[site.kind_name].z_valence for site in structure.sites)
@@ -105,7 +172,9 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
     Extra handlers: when the SCF fails to converge a second time (after the parent's mixing reduction), switch to
     conjugate-gradient diagonalization, double ``electron_maxstep`` (up to 400) and start from atomic plus random
     wavefunctions, from scratch; when pw.x cannot bracket the Fermi energy, restart with more bands and a safer
-    start (:meth:`handle_fermi_energy_not_bracketed`).
+    start (:meth:`handle_fermi_energy_not_bracketed`); when a run was killed from outside (walltime, lost node) or
+    its output was lost, restart it unchanged, and when it ran out of memory stop with ``ERROR_OUT_OF_MEMORY``
+    (:meth:`handle_interrupted_run`).
     """
 
     @classmethod
@@ -116,6 +185,12 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
             350,
             'ERROR_LEVEL_OF_THEORY_CHANGED',
             message='Refused to launch: `{key}` would change from {old!r} to {new!r}; the level of theory is locked.',
+        )
+        spec.exit_code(
+            360,
+            'ERROR_OUT_OF_MEMORY',
+            message='pw.x ran out of memory ({message}): give each run more memory (more machines, fewer MPI ranks per '
+            'machine, a queue with larger nodes) and submit again.',
         )
 
     def validate_kpoints(self):
@@ -174,6 +249,36 @@ class MadPwBaseWorkChain(PwBaseWorkChain):
         # FROM_SCRATCH drops `startingwfc` and `startingpot`: set the start after it.
         electrons['startingwfc'] = 'atomic+random'
         self.report_error_handled(calculation, f'cannot bracket Ef: {action}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=560)
+    def handle_interrupted_run(self, calculation):
+        """Restart a run stopped from outside, unchanged; stop a run that ran out of memory with its exit code.
+
+        :func:`classify_interruption` decides. A run killed at its walltime by the scheduler, lost with its node, or
+        whose output was cut or lost afterwards (truncated or missing XML) is restarted from scratch with exactly the
+        same inputs, at most :data:`INTERRUPTED_RESTARTS` times; then the work chain stops with
+        ``ERROR_KNOWN_UNRECOVERABLE_FAILURE``. A run that ran out of memory would run out again with the same
+        resources: the work chain stops with ``ERROR_OUT_OF_MEMORY`` (360), saying what to change. Nothing of the
+        level of theory is touched (the ``run_process`` guard checks), and the failed calculations are kept.
+        """
+        reason = classify_interruption(calculation)
+        if reason is None:
+            return None
+        if reason == 'out of memory':
+            self.report_error_handled(calculation, 'out of memory: not restarted with the same resources')
+            message = f'{calculation.process_label}<{calculation.pk}> exit status {calculation.exit_status}'
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_OUT_OF_MEMORY.format(message=message))
+        attempts = self.ctx.get('interrupted_restarts', 0) + 1
+        self.ctx.interrupted_restarts = attempts
+        if attempts > INTERRUPTED_RESTARTS:
+            self.report_error_handled(calculation, f'interrupted again after {INTERRUPTED_RESTARTS} restarts')
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_KNOWN_UNRECOVERABLE_FAILURE)
+        self.set_restart_type(RestartType.FROM_SCRATCH)
+        self.report_error_handled(
+            calculation,
+            f'interrupted or output lost: restarting from scratch, unchanged ({attempts} of {INTERRUPTED_RESTARTS})',
+        )
         return ProcessHandlerReport(True)
 
     @process_handler(priority=415, exit_codes=[PwCalculation.exit_codes.ERROR_ELECTRONIC_CONVERGENCE_NOT_REACHED])
@@ -240,6 +345,7 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
         spec.exit_code(310, 'ERROR_SCF_FAILED', message='pw.x did not finish after all restarts: {message}')
         spec.exit_code(320, 'ERROR_CODE_VERSION_MISMATCH', message='{message}')
         spec.exit_code(330, 'ERROR_LEVEL_OF_THEORY_CHANGED', message='{message}')
+        spec.exit_code(340, 'ERROR_OUT_OF_MEMORY', message='{message}')
 
     # ------------------------------------------------------------------------------------------------------------
     # Protocols
@@ -280,6 +386,7 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
             subset = structure.base.extras.get('mad_subset', None)
         thresholds = inputs['outlier_max_force']
         meta = inputs['meta_parameters']
+        check_protocol_numbers(inputs)
         parameters = copy.deepcopy(inputs['pw']['parameters'])
         parameters['ELECTRONS']['conv_thr'] = meta['conv_thr_per_atom'] * len(structure.sites)
 
@@ -319,6 +426,11 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
             dimensionality(value['structure'].get_ase())
         except (ValueError, DimensionalityError) as exception:
             return str(exception)
+        for port in ('kpoints_distance', 'outlier_max_force'):
+            if port in value and not _positive_finite(value[port].value):
+                return f'`{port}` must be a positive finite number, not {value[port].value!r}'
+        if 'bands_factor' in value and value['bands_factor'].value < 1:
+            return f'`bands_factor` must be at least 1, not {value["bands_factor"].value!r}'
         rules = value['rules'].get_dict() if 'rules' in value else {}
         missing = set(RULE_KEYS) - set(rules)
         if missing:
@@ -406,6 +518,8 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
             # The mark records this work chain's exit status (as for a version mismatch below), not the child's.
             if scf.exit_status == MadPwBaseWorkChain.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.status:
                 exit_code = self.exit_codes.ERROR_LEVEL_OF_THEORY_CHANGED.format(message=scf.exit_message)
+            elif scf.exit_status == MadPwBaseWorkChain.exit_codes.ERROR_OUT_OF_MEMORY.status:
+                exit_code = self.exit_codes.ERROR_OUT_OF_MEMORY.format(message=scf.exit_message)
             else:
                 exit_code = self.exit_codes.ERROR_SCF_FAILED.format(
                     message=f'{scf.process_label}<{scf.pk}> exit status {scf.exit_status}: {scf.exit_message}'
@@ -492,6 +606,42 @@ def load_family(label: str):
         f'pseudopotential family `{label}` is not installed: install it with aiida-pseudo, or use `-F offline`'
         + ('' if offline_installed else ' after `aiida-mad setup localhost`')
     )
+
+
+def _positive_finite(value) -> bool:
+    """Return whether ``value`` is a real number, finite and above zero (``bool`` is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_protocol_numbers(inputs: dict) -> None:
+    """Raise ``ValueError`` naming the key if a number of the protocol inputs (after overrides) is absurd.
+
+    ``kpoints_distance`` and every ``outlier_max_force`` threshold (a mapping ``{subset: eV/Å}`` with a ``default``)
+    must be positive and finite; ``max_iterations`` a positive integer; ``meta_parameters.bands_factor`` null or at
+    least 1; ``meta_parameters.conv_thr_per_atom`` positive and finite.
+    """
+    if not _positive_finite(inputs.get('kpoints_distance')):
+        raise ValueError(
+            f'`kpoints_distance` must be a positive finite number (1/Å), not {inputs.get("kpoints_distance")!r}'
+        )
+    thresholds = inputs.get('outlier_max_force')
+    if not isinstance(thresholds, dict) or 'default' not in thresholds:
+        raise ValueError(
+            f'`outlier_max_force` must map subsets to thresholds in eV/Å, with a `default`, not {thresholds!r}'
+        )
+    for subset, threshold in thresholds.items():
+        if not _positive_finite(threshold):
+            raise ValueError(f'`outlier_max_force.{subset}` must be a positive finite number (eV/Å), not {threshold!r}')
+    iterations = inputs.get('max_iterations')
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise ValueError(f'`max_iterations` must be a positive integer, not {iterations!r}')
+    meta = inputs.get('meta_parameters') or {}
+    factor = meta.get('bands_factor')
+    if factor is not None and (not _positive_finite(factor) or factor < 1):
+        raise ValueError(f'`meta_parameters.bands_factor` must be null or at least 1, not {factor!r}')
+    if not _positive_finite(meta.get('conv_thr_per_atom')):
+        value = meta.get('conv_thr_per_atom')
+        raise ValueError(f'`meta_parameters.conv_thr_per_atom` must be a positive finite number, not {value!r}')
 
 
 def validate_structure(structure: orm.StructureData, family) -> None:

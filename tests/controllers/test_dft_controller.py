@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common.exceptions import NotExistent
 from ase.build import bulk
 
 from aiida_mad.controllers.dft import DftSubmissionController, default_process_group_label
@@ -104,5 +105,32 @@ def test_unknown_protocol_is_refused(pw_code, offline_family):
     controller = make_controller(parent, pw_code, max_concurrent=1)
     controller.protocol = 'nonsense'
     controller._fingerprint = None
-    with pytest.raises(ValueError, match='unknown protocol `nonsense`: available protocols are fast, mad, mad-dos'):
+    with pytest.raises(ValueError, match=r'unknown protocol `nonsense`: available protocols are .*fast, mad, mad-dos'):
         controller.fingerprint  # noqa: B018
+
+
+def test_process_group_is_created_only_by_a_submission(crash_code, offline_family, started_daemon_client):
+    parent = make_structure_group('controller/lazy-group', [bulk('Si', 'fcc', a=3.9)])
+    label = 'controller/lazy-group/dft'
+    controller = DftSubmissionController(
+        parent_group_label=parent.label,
+        group_label=label,
+        code=crash_code.full_label,
+        protocol='fast',
+        overrides=OVERRIDES,
+        max_concurrent=1,
+    )
+    # Building it, its status, what is pending, a dry run: nothing stored.
+    assert controller.status()['mc3d'].counts['pending'] == 1
+    assert len(controller.pending_uuids()) == 1 and controller.num_active_slots == 0
+    assert len(controller.submit_new_batch(dry_run=True)) == 1
+    assert not orm.Group.collection.count(filters={'label': label})
+    with pytest.raises(NotExistent, match='created at the first submission'):
+        controller.group  # noqa: B018
+    # The first submission creates it, with the work chain in it.
+    (node,) = controller.submit_new_batch().values()
+    assert [n.uuid for n in controller.group.nodes] == [node.uuid]
+    # Nothing pending: a second controller into another (missing) group creates nothing.
+    other = DftSubmissionController(**{**controller.model_dump(), 'group_label': 'controller/lazy-group/other'})
+    assert other.submit_new_batch() == {}
+    assert not orm.Group.collection.count(filters={'label': 'controller/lazy-group/other'})
