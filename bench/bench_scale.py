@@ -240,6 +240,7 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
     work chain in the process group.
     """
     import datetime
+    import hashlib
     import uuid as uuid_module
 
     import numpy as np
@@ -279,6 +280,9 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
             'dbcomputer_id': None,
             'user_id': user_id,
         }
+        # Every node stored through the ORM carries its caching hash; a stand-in here (the hash of the uuid), so that
+        # what reads the stored hashes (the dataset build's process hash) does what it does on real data.
+        row['extras'] = {**extras, '_aiida_hash': hashlib.sha256(row['uuid'].encode()).hexdigest()}
         nodes.append(row)
         return row
 
@@ -317,7 +321,7 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
                     'outlier': False,
                     'has_stress': True,
                     'outlier_max_force': 10.0,
-                    'code_version': str(theory.get('code', {}).get('version', '')) if isinstance(theory.get('code'), dict) else None,
+                    'code_version': theory.get('code_version'),
                     'units': {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3'},
                     'fingerprint': fingerprint,
                     'level_of_theory': theory,
@@ -334,7 +338,7 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
         links.extend((workflow, node, name, LinkType.RETURN) for name, node in outputs.items())
 
     repository = storage.get_repository()
-    container = getattr(repository, '_container', None)  # noqa: SLF001 - aiida-core has no public accessor
+    container = getattr(repository, '_container', None)  # aiida-core has no public accessor
     if container is not None:  # packed straight into the object store
         with container:
             keys = container.add_objects_to_pack(blobs)
@@ -482,15 +486,14 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     assert node.is_finished_ok, f'DatasetWorkChain<{node.pk}>: {node.exit_status} {node.exit_message}'
     dataset = node.outputs.dataset
     assert dataset.n_frames == size, dataset.n_frames
-    before_dataset = storage_bytes(folder, database)
-    stages.info['dataset_repository_bytes_per_frame'] = None
 
-    with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as directory:
-        with stages.stage('export xyz', size, 'frames'):
-            dataset.write_split_files(directory)
-    with tempfile.TemporaryDirectory(prefix='chemiscope-', dir=folder) as directory:
-        with stages.stage('export chemiscope', size, 'frames'):
-            write_chemiscope_per_subset(dataset.frames(), directory)
+    with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as directory, stages.stage('export xyz', size, 'frames'):
+        dataset.write_split_files(directory)
+    with (
+        tempfile.TemporaryDirectory(prefix='chemiscope-', dir=folder) as directory,
+        stages.stage('export chemiscope', size, 'frames'),
+    ):
+        write_chemiscope_per_subset(dataset.frames(), directory)
     with tempfile.TemporaryDirectory(prefix='archives-', dir=folder) as directory:
         with stages.stage('export archives', size, 'frames'), quiet_archive_logger():
             paths = export_subset_archives(dft_workchains_by_subset(dataset), directory)
@@ -504,7 +507,6 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     with stages.stage('query', size, 'frames'):
         selected = query_frames(dataset, elements=[element])
     assert len(selected) > 0
-    stages.info['dataset_bytes'] = before_dataset
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,8 +20,20 @@ It overrides these private parts of ``aiida.engine.processes.process.Process``:
   transaction);
 * ``_build_process_label`` and ``build_process_type`` (the plain calcfunction's label and type);
 
+* ``run`` (public; it calls ``FunctionProcess.run`` after writing the links of the inputs given by pk, below);
+
 and uses ``_flat_inputs``, ``_flat_outputs``, ``ProcessNodeCaching.get_objects_to_hash``, ``_HASH_EXTRA_KEY`` and
 ``_hash_ignored_inputs``.
+
+**Inputs by pk** (``run_bulk_linked(..., linked={namespace: {label: pk}})``). For 10⁵ inputs even the link cache
+is slow: every input must be loaded as an ORM node (a query and an entry-point lookup each), checked as stored
+and linked by one ``INSERT`` each, and after each commit the ORM reloads every node it touches; at 10⁵ frames of a
+dataset that was over 80 % of the build. Inputs given by pk are never loaded: once the process node is stored, their
+``INPUT_CALC`` links (label ``<namespace>__<label>``, as aiida-core flattens a namespace) are written with one
+multi-row ``INSERT`` per :data:`~aiida_mad.constants.QUERY_CHUNK_SIZE` links (after checking that every pk is a
+stored ``Data`` node), the node's hash is recomputed with them, and the function reads them with
+:func:`linked_inputs` (``{namespace: {label: pk}}``), e.g. through :func:`read_arrays`, which take pks as well as
+nodes. The links and labels are those the same inputs given as nodes would get.
 
 **Bulk reads** (:func:`read_attributes`, :func:`read_arrays`, :func:`read_structures`). ``node.get_array(...)``,
 ``node.get_ase()`` and ``node.value`` each cost one or more database round trips and one repository open per node
@@ -35,6 +47,7 @@ Measured in ``bench/bench_dataset.py``.
 
 from __future__ import annotations
 
+import contextvars
 import io
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +57,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine.processes.process import Process
 from aiida.manage import get_manager
+from aiida.orm.entities import EntityTypes
 from aiida.orm.nodes.process.process import ProcessNodeCaching
 from aiida.orm.utils.links import LinkTriple
 from ase import Atoms
@@ -53,6 +67,7 @@ from aiida_mad.constants import QUERY_CHUNK_SIZE
 __all__ = (
     'StoredInputHashCaching',
     'bulk_link_process_class',
+    'linked_inputs',
     'read_arrays',
     'read_attributes',
     'read_structures',
@@ -64,11 +79,28 @@ def _chunks(values: Sequence) -> list[Sequence]:
     return [values[first : first + QUERY_CHUNK_SIZE] for first in range(0, len(values), QUERY_CHUNK_SIZE)]
 
 
-def read_attributes(nodes: Mapping[str, orm.Node], keys: Sequence[str]) -> dict[str, tuple]:
-    """Return ``{label: (attribute values in the order of keys)}`` for stored nodes, a few queries in all."""
+#: The inputs given by pk to the bulk-linked process running now: ``{namespace: {label: pk}}`` (see module docs).
+_LINKED: contextvars.ContextVar[dict[str, dict[str, int]]] = contextvars.ContextVar('mad_bulk_linked')
+
+
+def linked_inputs() -> dict[str, dict[str, int]]:
+    """Return the inputs given by pk to the running bulk-linked process (``{namespace: {label: pk}}``), else ``{}``."""
+    return _LINKED.get({})
+
+
+def _pk(node) -> int:
+    return node if isinstance(node, int) else node.pk
+
+
+def _describe(node) -> str:
+    return f'node<{node}>' if isinstance(node, int) else f'{node.__class__.__name__}<{node.pk}>'
+
+
+def read_attributes(nodes: Mapping[str, orm.Node | int], keys: Sequence[str]) -> dict[str, tuple]:
+    """Return ``{label: (attribute values in the order of keys)}`` for stored nodes (or pks), a few queries in all."""
     by_pk: dict[int, list[str]] = {}
     for label, node in nodes.items():
-        by_pk.setdefault(node.pk, []).append(label)
+        by_pk.setdefault(_pk(node), []).append(label)
     result = {}
     for chunk in _chunks(sorted(by_pk)):
         # The whole attribute dictionary, parsed by Python's json: projecting `attributes.<key>` lets SQLite convert
@@ -78,15 +110,19 @@ def read_attributes(nodes: Mapping[str, orm.Node], keys: Sequence[str]) -> dict[
             values = tuple(attributes.get(key) for key in keys)
             for label in by_pk[pk]:
                 result[label] = values
+    missing = set(nodes) - set(result)
+    if missing:
+        label = sorted(missing)[0]
+        raise KeyError(f'{len(missing)} nodes do not exist, e.g. {label}: {_describe(nodes[label])}')
     return result
 
 
-def read_arrays(nodes: Mapping[str, orm.ArrayData], name: str) -> dict[str, np.ndarray]:
-    """Return ``{label: array name}`` of stored ``ArrayData`` nodes, streaming their ``.npy`` files in one pass."""
+def read_arrays(nodes: Mapping[str, orm.ArrayData | int], name: str) -> dict[str, np.ndarray]:
+    """Return ``{label: array name}`` of stored ``ArrayData`` nodes or pks, streaming the ``.npy`` files in one go."""
     filename = f'{name}.npy'
     by_pk: dict[int, list[str]] = {}
     for label, node in nodes.items():
-        by_pk.setdefault(node.pk, []).append(label)
+        by_pk.setdefault(_pk(node), []).append(label)
     labels_of_key: dict[str, list[str]] = {}
     for chunk in _chunks(sorted(by_pk)):
         query = orm.QueryBuilder().append(
@@ -95,7 +131,7 @@ def read_arrays(nodes: Mapping[str, orm.ArrayData], name: str) -> dict[str, np.n
         for pk, metadata in query.iterall():
             entry = (metadata or {}).get('o', {}).get(filename)
             if entry is None or 'k' not in entry:
-                raise KeyError(f'{nodes[by_pk[pk][0]].__class__.__name__}<{pk}> has no array {name!r}')
+                raise KeyError(f'{_describe(nodes[by_pk[pk][0]])} has no array {name!r}')
             labels_of_key.setdefault(entry['k'], []).extend(by_pk[pk])
     repository = get_manager().get_profile_storage().get_repository()
     result: dict[str, np.ndarray] = {}
@@ -109,8 +145,8 @@ def read_arrays(nodes: Mapping[str, orm.ArrayData], name: str) -> dict[str, np.n
     return result
 
 
-def read_structures(nodes: Mapping[str, orm.StructureData]) -> dict[str, Atoms]:
-    """Return ``{label: ase.Atoms}`` of stored ``StructureData`` nodes from their attributes (a few queries in all).
+def read_structures(nodes: Mapping[str, orm.StructureData | int]) -> dict[str, Atoms]:
+    """Return ``{label: ase.Atoms}`` of stored ``StructureData`` nodes (or pks) from their attributes (a few queries).
 
     Only ordered structures (one symbol per kind, no vacancy) can be frames; others raise ``ValueError``.
     """
@@ -120,7 +156,8 @@ def read_structures(nodes: Mapping[str, orm.StructureData]) -> dict[str, Atoms]:
         symbols = {}
         for kind in kinds:
             if len(kind['symbols']) != 1 or abs(sum(kind['weights']) - 1.0) > 1e-12:
-                raise ValueError(f'StructureData<{nodes[label].pk}>: kind {kind["name"]} is an alloy or has vacancies')
+                pk = _pk(nodes[label])
+                raise ValueError(f'StructureData<{pk}>: kind {kind["name"]} is an alloy or has vacancies')
             symbols[kind['name']] = kind['symbols'][0]
         result[label] = Atoms(
             [symbols[site['kind_name']] for site in sites],
@@ -220,20 +257,69 @@ def bulk_link_process_class(function) -> type:
                     node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
                     node.store()
 
+        async def run(self):
+            """Link the inputs given by pk (see :func:`run_bulk_linked`), then run the function with them visible."""
+            linked = getattr(self, '_mad_linked', None) or {}
+            if linked and self.node.exit_status is None and self.metadata.store_provenance:
+                _link_by_pk(self.node, linked)
+            token = _LINKED.set(linked)
+            try:
+                return await super().run()
+            finally:
+                _LINKED.reset(token)
+
     BulkLinkProcess.__name__ = BulkLinkProcess.__qualname__ = f'BulkLink{base.__name__}'
     #: The calcfunction whose process this is: its entry point is the process type of the nodes.
     BulkLinkProcess.bulk_linked_function = function
     return BulkLinkProcess
 
 
-def run_bulk_linked(process_class: type, **inputs) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
+def _link_by_pk(node: orm.ProcessNode, linked: Mapping[str, Mapping[str, int]]) -> None:
+    """Write the ``INPUT_CALC`` links of ``linked`` (``{namespace: {label: pk}}``) to the stored ``node``, in bulk."""
+    from sqlalchemy import insert
+
+    rows = [
+        {'input_id': int(pk), 'output_id': node.pk, 'label': f'{namespace}__{label}', 'type': LinkType.INPUT_CALC.value}
+        for namespace, labels in linked.items()
+        for label, pk in labels.items()
+    ]
+    pks = sorted({row['input_id'] for row in rows})
+    found = set()
+    for chunk in _chunks(pks):
+        query = orm.QueryBuilder().append(orm.Data, filters={'id': {'in': list(chunk)}}, project='id')
+        found.update(query.all(flat=True))
+    missing = sorted(set(pks) - found)
+    if missing:
+        raise ValueError(f'{len(missing)} inputs given by pk are no stored Data node, e.g. pk {missing[0]}')
+    storage = node.backend
+    if storage.__class__.__name__.startswith('SqliteDos'):
+        from aiida.storage.sqlite_zip.models import MAP_ENTITY_TYPE_TO_MODEL
+    else:
+        from aiida.storage.psql_dos.models import MAP_ENTITY_TYPE_TO_MODEL  # type: ignore[no-redef]
+    table = MAP_ENTITY_TYPE_TO_MODEL[EntityTypes.LINK].__table__
+    with storage.transaction() as session:
+        for chunk in _chunks(rows):
+            session.execute(insert(table), list(chunk))
+    node.base.caching.rehash()  # the hash covers every input, those linked here included
+
+
+def run_bulk_linked(
+    process_class: type, *, linked: Mapping[str, Mapping[str, int]] | None = None, **inputs
+) -> tuple[dict[str, Any], orm.CalcFunctionNode]:
     """Run a :func:`bulk_link_process_class` process with ``inputs``; return its outputs and node.
+
+    :param linked: further inputs by pk, ``{namespace: {label: pk}}`` of stored ``Data`` nodes: linked in bulk
+        with the labels they would have as nodes, never loaded; the function reads them with :func:`linked_inputs`.
 
     Called from a running process (a work chain step), it runs in that process's runner and gets a ``CALL`` link,
     as a calcfunction called there would.
     """
+    clash = sorted(set(linked or {}) & set(inputs))
+    if clash:
+        raise ValueError(f'namespaces given both as nodes and by pk: {", ".join(clash)}')
     current = Process.current()
     runner = current.runner if isinstance(current, Process) else get_manager().create_runner(communicator=None)
     process = process_class(inputs=process_class.create_inputs(**inputs), runner=runner)
+    process._mad_linked = {namespace: dict(labels) for namespace, labels in (linked or {}).items() if labels}
     outputs = process.execute()
     return outputs, process.node

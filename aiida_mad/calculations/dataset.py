@@ -1,7 +1,8 @@
 """The calcfunction that builds a ``mad.dataset`` node from DFT results (entry point ``mad.build_dataset``).
 
 A dataset has up to five inputs per frame, so :class:`aiida_mad.workflows.dataset.DatasetWorkChain` runs it through
-:data:`BulkLinkBuildDataset` (see :mod:`aiida_mad.calculations.bulk`): same provenance, links written in bulk.
+:data:`BulkLinkBuildDataset` (see :mod:`aiida_mad.calculations.bulk`) with the per-frame inputs given by pk: same
+provenance (every result is an input, with the same link label), links written in bulk, no node loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from typing import Any
 from aiida import orm
 from aiida.engine import calcfunction
 
-from aiida_mad.calculations.bulk import bulk_link_process_class, read_arrays, read_attributes, read_structures
+from aiida_mad.calculations.bulk import (
+    bulk_link_process_class,
+    linked_inputs,
+    read_arrays,
+    read_attributes,
+    read_structures,
+)
 from aiida_mad.constants import FRAMES_PER_SHARD
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.dataset.frames import make_frame
@@ -30,9 +37,11 @@ def build_dataset(parameters: orm.Dict, **inputs: Any) -> dict[str, Any]:
     are namespaces keyed by frame label: ``structures`` (the cell pw.x used), ``energies`` (eV), ``forces``
     (eV/Å), ``stresses`` (eV/Å³, ASE sign; not for 0D), ``dos`` (optional) and ``baselines``: isolated-atom tables
     of the same fingerprint, merged in label order (energies in eV by element). With baselines every frame gets
-    ``energy_baseline_subtracted`` = E − Σ E_atom.
+    ``energy_baseline_subtracted`` = E − Σ E_atom. Through :data:`BulkLinkBuildDataset` the per-frame namespaces can
+    be given by pk (``linked``), with the same links.
     """
     settings = parameters.get_dict()
+    inputs = {**linked_inputs(), **inputs}  # the namespaces given by pk to the bulk-linked process, if any
     known = {'structures', 'energies', 'forces', 'stresses', 'dos', 'baselines'}
     unexpected = sorted(set(inputs) - known)
     if unexpected:

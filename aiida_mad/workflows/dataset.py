@@ -34,7 +34,6 @@ from aiida_mad.calculations.dataset import BulkLinkBuildDataset
 from aiida_mad.constants import (
     DEFAULT_FRACTIONS,
     FRAMES_PER_SHARD,
-    QUERY_CHUNK_SIZE,
     dataset_group_label,
     process_type,
 )
@@ -472,25 +471,22 @@ def find_atomic_energies(fingerprint: str) -> tuple[list[orm.Dict], dict[str, fl
 
 
 def build_inputs(selection: Selection, *, name: str, seed: int, fractions, frames_per_shard: int, dos: bool) -> dict:
-    """Return the inputs of :func:`~aiida_mad.calculations.dataset.build_dataset` for a selection."""
+    """Return the inputs of :func:`~aiida_mad.calculations.dataset.build_dataset` for a selection.
+
+    The per-frame namespaces (``structures``, ``energies``, ``forces``, ``stresses``, ``dos``) come as pks under
+    ``linked`` (for :func:`~aiida_mad.calculations.bulk.run_bulk_linked`: linked in bulk, never loaded).
+    """
     outputs = dict(FRAME_OUTPUTS)
     if dos:
         outputs[DOS_OUTPUT[0]] = DOS_OUTPUT[1]
-    pks = {pk for result in selection.used for label, pk in result.outputs.items() if label in outputs}
-    nodes: dict[int, orm.Node] = {}
-    pk_list = sorted(pks)
-    for first in range(0, len(pk_list), QUERY_CHUNK_SIZE):
-        chunk = pk_list[first : first + QUERY_CHUNK_SIZE]
-        query = orm.QueryBuilder().append(orm.Data, filters={'id': {'in': chunk}}, project=['id', '*'])
-        nodes.update(dict(query.all()))
-    namespaces: dict[str, dict[str, orm.Node]] = {namespace: {} for namespace in outputs.values()}
+    linked: dict[str, dict[str, int]] = {namespace: {} for namespace in outputs.values()}
     frames = {}
     for index, result in enumerate(selection.used):
         label = f'f{index:07d}'
         frames[label] = {'source_uuid': result.source_uuid, 'dft_uuid': result.uuid, 'subset': result.subset}
         for output, namespace in outputs.items():
             if output in result.outputs:
-                namespaces[namespace][label] = nodes[result.outputs[output]]
+                linked[namespace][label] = result.outputs[output]
     parameters = {
         'name': name,
         'seed': seed,
@@ -500,7 +496,7 @@ def build_inputs(selection: Selection, *, name: str, seed: int, fractions, frame
         'selection': selection.as_dict(),
         'frames': frames,
     }
-    inputs = {'parameters': orm.Dict(parameters), **{key: value for key, value in namespaces.items() if value}}
+    inputs = {'parameters': orm.Dict(parameters), 'linked': {key: value for key, value in linked.items() if value}}
     if selection.atomic_energies:
         inputs['baselines'] = {f't{index:03d}': table for index, table in enumerate(selection.atomic_energies)}
     return inputs

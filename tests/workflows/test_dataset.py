@@ -116,6 +116,36 @@ def test_dataset_is_linked_to_every_result_it_used(dataset, labelled):
     assert dataset.pk in {node.pk for node in group.nodes}
 
 
+def test_bulk_build_is_the_plain_calcfunction(dataset):
+    # The work chain gives the per-frame inputs by pk and writes their links in bulk; the plain calcfunction given the
+    # same nodes makes the same dataset (same repository bytes) with the same input links and the same process hash.
+    creator = dataset.creator
+    links = creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+    inputs: dict = {}
+    for link in links:
+        namespace, _, label = link.link_label.partition('__')
+        if label:
+            inputs.setdefault(namespace, {})[label] = link.node
+        else:
+            inputs[namespace] = link.node
+    assert set(inputs) == {'parameters', 'structures', 'energies', 'forces', 'stresses', 'baselines'}
+    assert len(inputs['structures']) == len(inputs['energies']) == len(inputs['forces']) == dataset.n_frames
+    _, plain = build_dataset.run_get_node(**inputs)
+    built = plain.outputs.dataset
+    assert built.content_hash == dataset.content_hash
+    assert built.base.repository.hash() == dataset.base.repository.hash()
+    assert built.base.attributes.all == dataset.base.attributes.all
+
+    def triples(node):
+        return sorted(
+            (link.link_label, link.link_type.value, link.node.pk)
+            for link in node.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+        )
+
+    assert triples(plain) == triples(creator)
+    assert plain.base.caching.get_hash() == creator.base.caching.get_hash() == creator.base.caching.compute_hash()
+
+
 def test_outlier_thresholds_per_subset(labelled):
     node = build('outliers', ALL_GROUPS, outlier_max_force=orm.Dict({'mc3d-rattled': 1e-6}))
     assert node.is_finished_ok, node.exit_message
