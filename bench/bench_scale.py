@@ -487,8 +487,8 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     dataset = node.outputs.dataset
     assert dataset.n_frames == size, dataset.n_frames
 
-    with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as directory, stages.stage('export xyz', size, 'frame'):
-        dataset.write_split_files(directory)
+    with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as out, stages.stage('export xyz', size, 'frames'):
+        dataset.write_split_files(out)
     with (
         tempfile.TemporaryDirectory(prefix='chemiscope-', dir=folder) as directory,
         stages.stage('export chemiscope', size, 'frames'),
