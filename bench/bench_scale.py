@@ -4,6 +4,9 @@ Not part of ``make test`` or ``make bench``. For every backend and every N (``--
 fresh process makes a throw-away profile under ``.bench-scale/`` in the project folder (removed afterwards unless
 ``--keep``) and times these stages (wall time, rate, peak RSS of the process during the stage):
 
+Time is wall time; the process CPU time is printed next to it, as on a loaded machine the wall time mostly measures
+the other processes (the stages are CPU-bound: SQLite and the repository are local files).
+
 1. ``generate``: N ``mc3d-rattled`` structures with provenance (``StructureGeneration``: batched calcfunction,
    bulk links, extras, group), from the bundled bulk seeds;
 2. synthetic DFT results for the first N/2 structures, inserted in bulk in the layout ``MadDftWorkChain`` stores
@@ -92,15 +95,16 @@ class Stages:
 
     @contextlib.contextmanager
     def stage(self, name: str, items: int, unit: str):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with PeakRss() as rss:
             yield
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         row = {
             'backend': self.backend,
             'size': self.size,
             'stage': name,
             'seconds': seconds,
+            'cpu_seconds': cpu,
             'items': items,
             'rate': items / seconds if seconds > 0 else math.inf,
             'unit': unit,
@@ -108,8 +112,8 @@ class Stages:
         }
         self.rows.append(row)
         print(
-            f'  [{self.backend} N={self.size}] {name:<18} {seconds:9.2f} s  {row["rate"]:10.1f} {unit}/s  '
-            f'peak RSS {row["rss_mb"]:7.0f} MB',
+            f'  [{self.backend} N={self.size}] {name:<18} {seconds:9.2f} s (CPU {cpu:8.2f} s) '
+            f'{row["rate"]:10.1f} {unit}/s  peak RSS {row["rss_mb"]:7.0f} MB',
             flush=True,
         )
 
@@ -530,12 +534,16 @@ def table(results: list[dict]) -> str:
     fits = {}
     for row in rows:
         fits.setdefault((row['backend'], row['stage']), []).append((row['size'], row['seconds']))
-    lines = ['| backend | stage | N | time (s) | rate | peak RSS (MB) | exponent |', '|---|---|---|---|---|---|---|']
+    lines = [
+        '| backend | stage | N | time (s) | CPU (s) | rate | peak RSS (MB) | exponent |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
     for row in rows:
         slope = exponent(fits[(row['backend'], row['stage'])])
         lines.append(
             f'| {row["backend"]} | {row["stage"]} | {row["size"]} | {row["seconds"]:.2f} | '
-            f'{row["rate"]:.0f} {row["unit"]}/s | {row["rss_mb"]:.0f} | {"" if slope is None else f"{slope:.2f}"} |'
+            f'{row.get("cpu_seconds", math.nan):.2f} | {row["rate"]:.0f} {row["unit"]}/s | {row["rss_mb"]:.0f} | '
+            f'{"" if slope is None else f"{slope:.2f}"} |'
         )
     for result in results:
         info, size = result['info'], result['rows'][0]['size'] if result['rows'] else '?'

@@ -44,11 +44,14 @@ def dft_workchains_by_subset(dataset) -> dict[str, list]:
     by_subset: dict[str, list] = {}
     for subset in sorted(set(index['subset'].tolist())):
         uuids = sorted(set(index['dft_uuid'][index['subset'] == subset].tolist()) - {''})
-        nodes = []
+        rows = []
         for first in range(0, len(uuids), 5_000):
-            query = orm.QueryBuilder().append(orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}})
-            nodes.extend(query.all(flat=True))
-        by_subset[subset] = sorted(nodes, key=lambda node: node.uuid)
+            query = orm.QueryBuilder().append(
+                orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}}, project=['uuid', '*']
+            )
+            rows.extend(query.iterall())
+        # Sorted by the projected uuid: `node.uuid` would reload each node after a commit (one query each).
+        by_subset[subset] = [node for _, node in sorted(rows, key=lambda row: row[0])]
     tables = dataset.selection.get('atomic_energies', [])
     if tables:
         query = orm.QueryBuilder()
