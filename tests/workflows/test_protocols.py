@@ -1,4 +1,4 @@
-"""Protocols of MadDftWorkChain (`mad`, `mad-dos`, `fast`) and the builders made from them."""
+"""Protocols of MadDftWorkChain (`mad`, `mad-dos`, `fast`, `demo`) and the builders made from them."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def serialize(value):
 
 
 def test_available_protocols():
-    assert set(MadDftWorkChain.get_available_protocols()) == {'mad', 'mad-dos', 'fast'}
+    assert set(MadDftWorkChain.get_available_protocols()) == {'mad', 'mad-dos', 'fast', 'demo'}
     assert MadDftWorkChain.get_default_protocol() == 'mad'
     assert MadDftWorkChain.get_protocol_inputs() == MadDftWorkChain.get_protocol_inputs('mad')
     for description in MadDftWorkChain.get_available_protocols().values():
@@ -79,6 +79,30 @@ def test_fast_protocol_differs_only_where_it_should():
     assert (fast['kpoints_distance'], fast['vacuum'], fast['pseudo_family']) == (0.5, 12.0, 'offline')
     differing = {key for key in mad if mad[key] != fast[key]}
     assert differing == {'pw', 'kpoints_distance', 'vacuum', 'pseudo_family', 'meta_parameters', 'max_iterations'}
+
+
+def test_demo_protocol_is_fast_at_converged_cutoffs():
+    """`demo` is `fast` with the cutoffs of the convergence test (ecutrho = 4 ecutwfc, norm-conserving)."""
+    fast = MadDftWorkChain.get_protocol_inputs('fast')
+    demo = MadDftWorkChain.get_protocol_inputs('demo')
+    assert demo['pw']['parameters']['SYSTEM'] == {
+        **fast['pw']['parameters']['SYSTEM'],
+        'ecutwfc': 85.0,
+        'ecutrho': 340.0,
+    }
+    demo['pw']['parameters']['SYSTEM'] = fast['pw']['parameters']['SYSTEM']
+    assert demo == fast
+
+
+def test_every_protocol_has_its_own_fingerprint_and_is_found_back(pw_code, offline_family):
+    """No two protocols share a level of theory except `mad`/`mad-dos` (same settings, more bands)."""
+    from aiida_mad.workflows.dft import matching_protocols, protocol_fingerprint, protocol_level_of_theory
+
+    fingerprints = {name: protocol_fingerprint(pw_code, name, OFFLINE) for name in ('mad', 'fast', 'demo')}
+    assert len(set(fingerprints.values())) == 3
+    assert protocol_fingerprint(pw_code, 'mad-dos', OFFLINE) == fingerprints['mad']
+    assert matching_protocols(protocol_level_of_theory(pw_code, 'demo')) == 'demo'
+    assert matching_protocols(protocol_level_of_theory(pw_code, 'fast')) == 'fast'
 
 
 @pytest.mark.parametrize(
