@@ -19,7 +19,7 @@ from aiida_mad.dos import energy_grid, integrated_dos
 from tests.training import BIN, dos_trained, installed_code, training_dataset
 
 #: Few epochs: the test checks the pipeline, not the accuracy.
-QUICK = {'max_epochs': 3, 'warmup_epochs': 1, 'patience': 2, 'batch_size': 4}
+QUICK = {'max_epochs': 2, 'warmup_epochs': 1, 'patience': 2, 'batch_size': 4}
 SHIFT = 0.35
 
 
@@ -89,7 +89,7 @@ def test_the_cnns_train_on_a_dos_and_the_denoised_dos_has_the_electrons(cnn_code
         assert model.dataset_uuid == dos_dataset.uuid
         assert model.base.attributes.get('dos_uuid') == dos.uuid
         assert model.creator.inputs.dataset.uuid == dos_dataset.uuid
-        assert model.base.attributes.get('epochs') == node.outputs.results['targets'][target]['epochs'] <= 3
+        assert model.base.attributes.get('epochs') == node.outputs.results['targets'][target]['epochs'] <= 2
         assert model.errors['train']['n'] >= 1
     natoms = [properties[uuid]['natoms'] for uuid in uuids]
     np.testing.assert_allclose(
