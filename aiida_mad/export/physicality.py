@@ -211,8 +211,9 @@ def _dimer_panels(results: dict, prefix: str) -> list[str]:
         energy = np.array([np.nan if value is None else value for value in item['energy']], dtype=float)
         finite = energy[np.isfinite(energy)]
         depth = max(float(-finite.min()) if finite.size else 0.0, 0.0)
-        low = -1.2 * depth if depth > 0 else -1.0
-        high = max(3.0 * depth, 2.0)  # the short-range wall rises far beyond: clipped at the top
+        # the short-range wall rises far beyond the well: the plot shows the well and clips the wall at the top
+        high = 3.0 * depth if depth > 0 else (min(float(finite.max()), 2.0) if finite.size else 1.0)
+        low = -1.2 * depth if depth > 0 else -0.1 * max(high, 0.1)
         axes = _Axes((float(distance.min()), float(distance.max())), (low, high))
         status = 'passed' if item['passed'] else 'FAILED: ' + (item.get('reason') or '')
         parts = axes.frame(f'{prefix}-{item["symbol"]}-{index}', f'{item["symbol"]}₂', 'distance (Å)', 'energy (eV)')

@@ -239,7 +239,7 @@ def check_dimer(curve: dict) -> dict:
         'passed': repulsive and smooth,
         'reason': '; '.join(reasons) or None,
         'minimum_distance': float(distance[minimum]),
-        'well_depth': float(-energy[minimum]),
+        'well_depth': max(0.0, float(-energy[minimum])),
         'energy_shortest': float(energy[0]),
         'spearman_repulsion': branch,
         'energy_diff_flips': flips,

@@ -183,6 +183,9 @@ def test_cli_ev_scan_prints_the_table_writes_csv_and_the_dataset_report_shows_it
     assert 'exists already' in result.output
     result = run_cli_command(['model', 'dimers', pet_model.pk, '-e', 'Fe', '-X', code], raises=True)
     assert 'was not trained on Fe' in result.output
+    empty, _ = orm.Group.collection.get_or_create('test-physicality-empty')
+    result = run_cli_command(['model', 'md-stability', pet_model.pk, '-G', empty.label, '-X', code], raises=True)
+    assert "group 'test-physicality-empty' holds no structure" in result.output
 
     from aiida_mad.export.dataset import write_dataset_report
 
