@@ -161,6 +161,7 @@ def evaluation_table(
     """Return the evaluation ``table`` (``Dict``) and the ``per_frame`` errors (``ArrayData``) of one model."""
     from aiida_mad.learning.evaluation import error_table
 
+    attributes = model.base.attributes.all
     frames = None
     if dataset is not None:
         wanted = split.value if split is not None else None
@@ -171,7 +172,7 @@ def evaluation_table(
         arrays,
         frames=frames,
         subsets=subsets.get_dict() if subsets is not None else None,
-        energy_reference=model.energy_reference,
+        energy_reference=attributes.get('energy_reference'),
         rotations=rotation_arrays,
     )
     table = error_table(frame_errors)
@@ -179,14 +180,14 @@ def evaluation_table(
     table.update(
         {
             'model': model.uuid,
-            'model_architecture': model.architecture,
-            'model_fingerprint': model.fingerprint,
-            'energy_reference': model.energy_reference,
+            'model_architecture': attributes.get('architecture'),
+            'model_fingerprint': attributes.get('fingerprint'),
+            'energy_reference': attributes.get('energy_reference'),
             'targets': list(predictions.base.attributes.get('targets', ['energy'])),
             'dataset': dataset.uuid if dataset is not None else None,
             'dataset_name': dataset.name if dataset is not None else None,
             'dataset_fingerprint': dataset.fingerprint if dataset is not None else None,
-            'same_level_of_theory': dataset is not None and dataset.fingerprint == model.fingerprint,
+            'same_level_of_theory': dataset is not None and dataset.fingerprint == attributes.get('fingerprint'),
             'split': split.value if split is not None else ('all' if dataset is not None else None),
             'rotations': {
                 'n_rotations': len(matrices) if matrices is not None else 0,
