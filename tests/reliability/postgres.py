@@ -1,4 +1,8 @@
-"""A throwaway PostgreSQL profile (ZeroMQ broker, its own ``AIIDA_PATH``) on this machine's PostgreSQL cluster.
+"""Throwaway profiles on this machine's servers: PostgreSQL storage (ZeroMQ broker), or RabbitMQ broker (SQLite).
+
+Each has its own ``AIIDA_PATH``. :func:`rabbitmq_server` starts RabbitMQ the way ``setup_profile.sh --rabbitmq``
+does if it is not running, and stops it (and Erlang's port mapper) afterwards; :class:`RabbitProfile` is a SQLite
+profile with the RabbitMQ broker and the same computer, code and family as below, without a daemon at first.
 
 The cluster is the one ``setup_profile.sh --postgres`` uses (Debian's ``postgresql`` package, ``pg_ctlcluster``).
 :func:`postgres_cluster` starts it if it is down and stops it again afterwards (a test leaves no server behind, as
@@ -35,22 +39,32 @@ import json, pathlib, sys
 from aiida.manage.configuration import create_profile, get_config, load_profile
 settings = json.loads(sys.argv[1])
 config = get_config(create=True)
-create_profile(
-    config,
-    storage_backend='core.psql_dos',
-    storage_config={
+if settings['broker'] == 'core.rabbitmq':
+    storage = ('core.sqlite_dos', {'filepath': settings['repository']})
+    broker = {
+        'broker_protocol': 'amqp', 'broker_username': 'guest', 'broker_password': 'guest',
+        'broker_host': '127.0.0.1', 'broker_port': 5672, 'broker_virtual_host': '',
+    }
+else:
+    storage = ('core.psql_dos', {
         'database_hostname': 'localhost',
         'database_port': 5432,
         'database_username': settings['role'],
         'database_password': settings['password'],
         'database_name': settings['database'],
         'repository_uri': pathlib.Path(settings['repository']).as_uri(),
-    },
-    broker_backend='core.zeromq',
-    broker_config={},
+    })
+    broker = {}
+create_profile(
+    config,
+    storage_backend=storage[0],
+    storage_config=storage[1],
+    broker_backend=settings['broker'],
+    broker_config=broker,
     name=settings['name'],
     email='race@aiida-mad.test',
 )
+config.set_option('warnings.rabbitmq_version', False, scope=settings['name'])
 config.set_default_profile(settings['name'], overwrite=True)
 config.store()
 load_profile(settings['name'], allow_switch=True)
@@ -115,11 +129,17 @@ class PostgresProfile:
         self.env = {**os.environ, 'AIIDA_PATH': str(directory)}
         self.code = None
 
-    def create(self) -> None:
+    broker = 'core.zeromq'
+
+    def create(self, *, daemon: bool = True) -> None:
         """Create the role, the database, the profile and what submissions need; start the daemon (one worker)."""
         _psql(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.password}'")
         _psql(f'CREATE DATABASE {self.database} OWNER {self.role}')
+        self._create(daemon)
+
+    def _create(self, daemon: bool) -> None:
         settings = {
+            'broker': self.broker,
             'name': self.name,
             'role': self.role,
             'password': self.password,
@@ -129,7 +149,8 @@ class PostgresProfile:
         }
         output = self._python(_CREATE, json.dumps(settings))
         self.code = json.loads(output.splitlines()[-1])['code']
-        self.verdi('daemon', 'start', '1')
+        if daemon:
+            self.verdi('daemon', 'start', '1')
 
     def verdi(self, *args: str) -> str:
         result = subprocess.run(
@@ -186,3 +207,52 @@ class PostgresProfile:
                 time.sleep(1)
         with contextlib.suppress(subprocess.CalledProcessError):
             _psql(f'DROP ROLE IF EXISTS {self.role}')
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def rabbitmq_server():
+    """Run RabbitMQ for the block: started (as ``setup_profile.sh`` does) if it was not, then stopped with epmd."""
+    if not shutil.which('rabbitmq-server'):
+        raise RuntimeError('RabbitMQ is not installed: `setup_profile.sh --rabbitmq` installs it')
+    as_root = [] if os.geteuid() == 0 else ['sudo', '-n']
+    running, epmd = _listening(5672), _listening(4369)
+    if not running:
+        subprocess.run([*as_root, 'rabbitmq-server', '-detached'], check=True, timeout=120)
+        subprocess.run([*as_root, 'rabbitmqctl', '-q', 'await_startup', '--timeout', '120'], check=False, timeout=180)
+        deadline = time.monotonic() + 120
+        while not _listening(5672):
+            if time.monotonic() > deadline:
+                raise RuntimeError('rabbitmq-server did not start in 2 minutes: see /var/log/rabbitmq')
+            time.sleep(1)
+    try:
+        yield
+    finally:
+        if not running:
+            subprocess.run([*as_root, 'rabbitmqctl', '-q', 'stop'], capture_output=True, check=False, timeout=300)
+        if not epmd and _listening(4369):
+            subprocess.run([*as_root, 'epmd', '-kill'], capture_output=True, check=False, timeout=60)
+
+
+class RabbitProfile(PostgresProfile):
+    """A SQLite profile with the RabbitMQ broker (no database server needed), created without a daemon."""
+
+    broker = 'core.rabbitmq'
+
+    def create(self, *, daemon: bool = False) -> None:
+        """Create the profile and what submissions need; start the daemon only if asked."""
+        self._create(daemon)
+
+    def delete(self) -> None:
+        """Stop the daemon (its storage lives in the profile's folder, removed with it)."""
+        with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
+            self.verdi('daemon', 'stop')
