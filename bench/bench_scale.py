@@ -133,7 +133,13 @@ def _postgres_credentials() -> dict:
     if state != 'online':
         subprocess.run(['pg_ctlcluster', version, cluster, 'start'], check=True)
     if not password_file.is_file() or not password_file.read_text().strip():
-        raise RuntimeError(f'{password_file} is missing: run ./setup_profile.sh --postgres first')
+        # As setup_profile.sh: a generated password for the `postgres` role, kept in $AIIDA_PATH (mode 600).
+        import secrets
+
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.touch(mode=0o600)
+        password_file.write_text(secrets.token_urlsafe(18).replace('-', '').replace('_', ''))
+        _psql(f"ALTER USER postgres PASSWORD '{password_file.read_text().strip()}'")
     return {'port': int(port), 'password': password_file.read_text().strip()}
 
 
@@ -221,11 +227,7 @@ def _table(entity_type):
     from aiida.manage import get_manager
 
     storage = get_manager().get_profile_storage()
-    if storage.__class__.__name__.startswith('SqliteDos'):
-        from aiida.storage.sqlite_zip.models import MAP_ENTITY_TYPE_TO_MODEL
-    else:
-        from aiida.storage.psql_dos.models import MAP_ENTITY_TYPE_TO_MODEL  # type: ignore[no-redef]
-    return MAP_ENTITY_TYPE_TO_MODEL[entity_type].__table__
+    return storage._get_mapper_from_entity(entity_type, False)[0].local_table  # the SQLite or the PostgreSQL model
 
 
 def _npy(array) -> bytes:

@@ -21,6 +21,7 @@ It overrides these private parts of ``aiida.engine.processes.process.Process``:
 * ``_build_process_label`` and ``build_process_type`` (the plain calcfunction's label and type);
 
 * ``run`` (public; it calls ``FunctionProcess.run`` after writing the links of the inputs given by pk, below);
+* ``_get_mapper_from_entity`` of the storage backend (the link table of SQLite or PostgreSQL, for the bulk insert);
 
 and uses ``_flat_inputs``, ``_flat_outputs``, ``ProcessNodeCaching.get_objects_to_hash``, ``_HASH_EXTRA_KEY`` and
 ``_hash_ignored_inputs``.
@@ -292,11 +293,7 @@ def _link_by_pk(node: orm.ProcessNode, linked: Mapping[str, Mapping[str, int]]) 
     if missing:
         raise ValueError(f'{len(missing)} inputs given by pk are no stored Data node, e.g. pk {missing[0]}')
     storage = node.backend
-    if storage.__class__.__name__.startswith('SqliteDos'):
-        from aiida.storage.sqlite_zip.models import MAP_ENTITY_TYPE_TO_MODEL
-    else:
-        from aiida.storage.psql_dos.models import MAP_ENTITY_TYPE_TO_MODEL  # type: ignore[no-redef]
-    table = MAP_ENTITY_TYPE_TO_MODEL[EntityTypes.LINK].__table__
+    table = storage._get_mapper_from_entity(EntityTypes.LINK, False)[0].local_table  # SQLite or PostgreSQL model
     with storage.transaction() as session:
         for chunk in _chunks(rows):
             session.execute(insert(table), list(chunk))

@@ -23,6 +23,8 @@ from aiida.orm.nodes.links import NodeLinks
 from aiida.orm.nodes.node import Node, NodeBase
 from aiida.orm.nodes.process.process import ProcessNodeCaching
 from aiida.orm.utils.links import LinkTriple
+from aiida.storage.psql_dos.backend import PsqlDosBackend
+from aiida.storage.sqlite_dos.backend import SqliteDosStorage
 
 from aiida_mad.calculations.bulk import StoredInputHashCaching, bulk_link_process_class, read_arrays
 from aiida_mad.calculations.generate import BulkLinkGenerateStructures, generate_structures, run_generate_structures
@@ -45,6 +47,8 @@ OVERRIDDEN = {
     'Node._store': Node._store,
     'NodeLinks.__init__': NodeLinks.__init__,
     'NodeBase.caching': NodeBase.caching.func,
+    'PsqlDosBackend._get_mapper_from_entity': PsqlDosBackend._get_mapper_from_entity,
+    'SqliteDosStorage._get_mapper_from_entity': SqliteDosStorage._get_mapper_from_entity,
 }
 PINNED = {
     'Process._setup_db_record': 'b5bea8767c6512b0',
@@ -61,6 +65,8 @@ PINNED = {
     'Node._store': '1ca29cb227d6b53c',
     'NodeLinks.__init__': '5d59f163e39b88e0',
     'NodeBase.caching': 'ebdc7a79bb5a966b',
+    'PsqlDosBackend._get_mapper_from_entity': 'b923406508b45d2b',
+    'SqliteDosStorage._get_mapper_from_entity': '8e88e7599c646cbd',
 }
 
 
