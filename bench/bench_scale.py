@@ -492,6 +492,9 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     assert node.is_finished_ok, f'DatasetWorkChain<{node.pk}>: {node.exit_status} {node.exit_message}'
     dataset = node.outputs.dataset
     assert dataset.n_frames == size, dataset.n_frames
+    stored = sum(len(dataset.base.repository.get_object_content(name, 'rb')) for name in dataset.shard_names())
+    stored += len(dataset.base.repository.get_object_content('index.npz', 'rb'))
+    stages.info['dataset_bytes_per_frame'] = stored / size
 
     with tempfile.TemporaryDirectory(prefix='xyz-', dir=folder) as out, stages.stage('export xyz', size, 'frames'):
         dataset.write_split_files(out)
@@ -555,7 +558,8 @@ def table(results: list[dict]) -> str:
                 f'\n{backend} N={size}: {info["nodes_per_structure"]:.0f} nodes, '
                 f'{info["db_bytes_per_structure"]:.0f} database bytes and '
                 f'{info["repository_bytes_per_structure"]:.0f} repository bytes per labelled structure (synthetic '
-                f'results); archives {info.get("archive_bytes_per_structure", 0):.0f} bytes per structure'
+                f'results); archives {info.get("archive_bytes_per_structure", 0):.0f} bytes per structure; '
+                f'dataset {info.get("dataset_bytes_per_frame", 0):.0f} bytes per frame'
             )
     return '\n'.join(lines)
 
