@@ -171,6 +171,10 @@ def build_config(
             'results_dir': RESULTS,
         }
     )
+    if not isinstance(e0s, str):
+        # Every element of the baseline: MACE otherwise takes its element table from the train and validation
+        # frames only, and fails on a test frame with an element that only the test split has.
+        config.setdefault('atomic_numbers', '[' + ', '.join(str(z) for z in e0s) + ']')
     if has_test:
         config['test_file'] = f'{SPLIT_PREFIX}-test.xyz'
     if restart:
