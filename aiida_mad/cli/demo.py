@@ -41,15 +41,16 @@ STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'tra
 def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, num_mpiprocs_per_machine, timeout):
     """Run the data pipeline on a few tiny structures of every subset, through the daemon.
 
-    Stages: bundled seeds and one tiny structure per subset; labelling with the `fast` protocol through the
-    submission controller; the isolated atoms of the elements present; the dataset `mad-demo`; its exports and
-    record folder with the HTML report; a tiny PET model. A stage skips what exists already, so running the demo
-    again after an interruption goes on where it stopped and repeats nothing. About 10 minutes on 2 cores.
+    Stages: bundled seeds and one tiny structure per subset; labelling with the `demo` protocol (the offline family
+    at converged-enough cutoffs, 85/340 Ry) through the submission controller; the isolated atoms of the elements
+    present; the dataset `mad-demo`; its exports and record folder with the HTML report; a tiny PET model. A stage
+    skips what exists already, so running the demo again after an interruption goes on where it stopped and repeats
+    nothing. About 10 minutes on 2 cores.
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
-    from aiida_mad.demo import DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, Demo, DemoError
+    from aiida_mad.demo import DATASET_NAME, DFT_GROUP, PROTOCOL, STRUCTURES_GROUP, Demo, DemoError
 
     training = not skip_training and until in (None, 'training')
     mtt = None
@@ -93,7 +94,7 @@ def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, 
     echo.echo(f'  verdi group list -a -p {STRUCTURES_GROUP.split("/")[0]}')
     echo.echo('  verdi process list -a -p 1')
     echo.echo(
-        f'  aiida-mad dft status {STRUCTURES_GROUP} --process-group {DFT_GROUP} -X {code.full_label} -P fast '
+        f'  aiida-mad dft status {STRUCTURES_GROUP} --process-group {DFT_GROUP} -X {code.full_label} -P {PROTOCOL} '
         f'-F {pseudo_family.label}'
     )
     if result.dataset is not None:
