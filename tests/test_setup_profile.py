@@ -136,6 +136,7 @@ def production_profile(tmp_path):
     assert not (running_services() - before), f'servers still running after the test: {running_services() - before}'
 
 
+@pytest.mark.timeout(2400)
 def test_production_profile_postgres_rabbitmq(production_profile):
     """`--postgres --rabbitmq`: real PostgreSQL storage and RabbitMQ broker, the demo pipeline through them, a no-op.
 
@@ -156,7 +157,7 @@ def test_production_profile_postgres_rabbitmq(production_profile):
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # the demo protocol's 85/340 Ry: minutes on 2 idle cores, more on a loaded machine
         check=False,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
