@@ -12,7 +12,17 @@ Rows:
    vectorised over the ragged batch, next to a Python loop over structures computing the same sigmas and decision
    (timed on the first tenth of the candidates): candidates per second.
 
-``MAD_BENCH_LEARNING_COUNT`` sets the number of descriptors and candidates (default 100000). BLAS runs on one thread.
+3. Candidate pool generation (MP-ALOE prototypes, the 85 MAD elements, shards of 1000): time and memory per
+   candidate, bytes of compressed shard per candidate; ``MAD_BENCH_POOL_COUNT`` candidates (default 10000: about
+   7 ms each on a loaded 2-core machine, so 10^5 take minutes; the memory is that of one batch whatever the count).
+4. Candidates screened per second, end to end on CPU: generation into shards, committee prediction (3 real tiny
+   MACE models trained here on EMT copper frames, batched through ``aiida_mad.inference``) and selection, on
+   ``MAD_BENCH_SCREEN_COUNT`` (default 500) elemental-Cu prototype candidates.
+5. A pool node vs one ``StructureData`` node per candidate in a throw-away profile: store (s) and screen (read every
+   candidate back as ``ase.Atoms``), on ``MAD_BENCH_NODES_COUNT`` candidates (default 2000).
+
+``MAD_BENCH_LEARNING_COUNT`` sets the number of descriptors and candidates of rows 1-2 (default 100000). BLAS runs
+on one thread.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ import numpy as np
 from common import Row
 
 COUNT = int(os.environ.get('MAD_BENCH_LEARNING_COUNT', '100000'))
+POOL_COUNT = int(os.environ.get('MAD_BENCH_POOL_COUNT', '10000'))
+SCREEN_COUNT = int(os.environ.get('MAD_BENCH_SCREEN_COUNT', '500'))
+NODES_COUNT = int(os.environ.get('MAD_BENCH_NODES_COUNT', '2000'))
 DIMENSIONS = 128
 COMPONENTS = 100
 CLUSTERS = 200
@@ -132,6 +145,143 @@ def _screen_loop(energy, forces, offsets, stress, numbers, count):
     return np.array(selected)
 
 
+def _generate_pool(count: int, elements, folder: str):
+    """Generate ``count`` candidates into shards in ``folder``; return (candidates, refused, shard bytes)."""
+    import pathlib
+
+    from aiida_mad.learning.pool import (
+        generate_batches,
+        load_parents,
+        pool_key,
+        pool_settings,
+        shard_name,
+        write_candidates,
+    )
+
+    settings = pool_settings({'element_pool': list(elements), 'count': count, 'batch_size': 1000})
+    made = refused = 0
+    for number, batch in enumerate(generate_batches(settings, load_parents(settings), pool_key(settings))):
+        made += write_candidates(batch.frames, pathlib.Path(folder) / shard_name(number))
+        refused += len(batch.refused)
+    size = sum(path.stat().st_size for path in pathlib.Path(folder).iterdir())
+    return made, refused, size
+
+
+def pool_rows() -> list[Row]:
+    """Rows 3-5: pool generation per candidate, screening end to end, pool node vs one node per candidate."""
+    import tempfile
+
+    from aiida_mad.structures.elements import element_pool
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-pool-') as folder:
+        seconds, memory, (made, refused, size) = _measure(_generate_pool, POOL_COUNT, element_pool(), folder)
+    rows.append(
+        Row(
+            'candidate pool: generation into shards, per candidate',
+            seconds / POOL_COUNT * 1e3,
+            seconds / POOL_COUNT * 1e3,
+            'ms/candidate',
+            False,
+            f'{POOL_COUNT} MP-ALOE candidates over the 85 MAD elements ({made} made, {refused} refused): '
+            f'{seconds:.1f} s, peak memory rise {memory / 2**20:.0f} MB (one batch of 1000), '
+            f'{size / max(made, 1):.0f} bytes of gzip shard per candidate; no baseline (same value twice)',
+        )
+    )
+    rows.append(_screen_row())
+    rows.extend(_node_rows())
+    return rows
+
+
+def _screen_row() -> Row:
+    """Row 4: generation + committee prediction + selection of elemental-Cu candidates, per second."""
+    import pathlib
+    import tempfile
+
+    import torch
+    from bench_predict import TINY, cu_frames, train_direct
+
+    from aiida_mad.inference.models import Model
+    from aiida_mad.inference.predict import predict
+    from aiida_mad.learning.pool import generate_batches, load_parents, pool_key, pool_settings
+    from aiida_mad.learning.selection import select_candidates
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-screen-') as folder:
+        models = []
+        for seed in range(MEMBERS):
+            path = pathlib.Path(folder) / f'member-{seed}'
+            path.mkdir()
+            train_direct(path, cu_frames(16), {**TINY, 'seed': seed}, 2)
+            models.append(Model(path / 'aiida.model'))
+        settings = pool_settings({'element_pool': ['Cu'], 'count': SCREEN_COUNT, 'batch_size': 1000})
+        start = time.perf_counter()
+        frames = [
+            atoms
+            for batch in generate_batches(settings, load_parents(settings), pool_key(settings))
+            for atoms in batch.frames
+        ]
+        generated = time.perf_counter()
+        arrays = predict(models, frames, batch_size=32)
+        predicted = time.perf_counter()
+        from aiida_mad.learning.committee import committee_statistics
+
+        statistics = committee_statistics(
+            arrays['energy_per_atom'], arrays['forces'], arrays['offsets'], arrays['stress']
+        )
+        numbers = np.concatenate([atoms.numbers for atoms in frames])
+        table = select_candidates(statistics, numbers)
+        done = time.perf_counter()
+    total = done - start
+    return Row(
+        'candidates screened end to end (generate + 3-MACE predict + select), CPU 1 thread',
+        len(frames) / total,
+        len(frames) / (predicted - generated),
+        'candidates/s',
+        True,
+        f'{len(frames)} Cu prototype candidates: generation {generated - start:.1f} s, prediction '
+        f'{predicted - generated:.1f} s, selection {done - predicted:.3f} s, {int(table["selected"].sum())} selected; '
+        'baseline column = prediction alone (the ratio is the share of the total the prediction takes)',
+    )
+
+
+def _node_rows() -> list[Row]:
+    """Row 5: one pool node vs one StructureData per candidate, store and screen, in a throw-away profile."""
+    from common import temporary_profile
+
+    with temporary_profile():
+        from aiida import orm
+
+        from aiida_mad.calculations.pool import build_pool
+        from aiida_mad.learning.pool import generate_batches, load_parents, pool_key, pool_settings
+
+        settings = {'element_pool': ['Si', 'O', 'Mg'], 'count': NODES_COUNT, 'batch_size': 1000}
+        checked = pool_settings(settings)
+        batches = list(generate_batches(checked, load_parents(checked), pool_key(checked)))
+        start = time.perf_counter()
+        pool = build_pool(settings, batches=batches).store()
+        pool_store = time.perf_counter() - start
+        start = time.perf_counter()
+        frames = pool.candidates()
+        pool_screen = time.perf_counter() - start
+        start = time.perf_counter()
+        nodes = [orm.StructureData(ase=atoms).store() for atoms in frames]
+        node_store = time.perf_counter() - start
+        start = time.perf_counter()
+        pks = [node.pk for node in nodes]
+        query = orm.QueryBuilder().append(orm.StructureData, filters={'id': {'in': pks}})
+        back = [node.get_ase() for (node,) in query.iterall()]
+        node_screen = time.perf_counter() - start
+        assert len(back) == len(frames)
+    note = f'{len(frames)} MP-ALOE candidates (Si, O, Mg)'
+    return [
+        Row('candidate pool: one node vs one StructureData each: store', pool_store, node_store, 's', False,
+            f'{note}: writing the shards and the index, storing the node; the candidates generated before'),
+        Row('candidate pool: one node vs one StructureData each: read back', pool_screen, node_screen, 's', False,
+            note),
+    ]  # fmt: skip
+
+
 def run() -> list[Row]:
     features, component = _mixture(COUNT)
     ours_seconds, ours_memory, (indices, threshold, subclusters, kept) = _measure(_direct, features)
@@ -163,4 +313,5 @@ def run() -> list[Row]:
         Row('DIRECT vs KMeans on raw features: peak memory', ours_memory / 2**20, naive_memory / 2**20, 'MB', False),
         Row('committee stats + selection vs per-structure loop', screen_rate, loop_rate, 'candidates/s', True,
             screen_note),
+        *pool_rows(),
     ]  # fmt: skip
