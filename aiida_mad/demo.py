@@ -10,7 +10,9 @@
 3. ``isolated-atoms``: the reference energies of the elements present, at the same level of theory;
 4. ``dataset``: the dataset :data:`DATASET_NAME`;
 5. ``export``: the ``xyz`` exports and the Materials Cloud record folder (with its HTML report);
-6. ``training``: a tiny PET model (``TrainWorkChain``, protocol ``tiny``), when a metatrain code is given.
+6. ``training``: a tiny PET model (``TrainWorkChain``, protocol ``tiny``), when a metatrain code is given;
+7. ``evaluate``: its errors per subset and rotational symmetry error on the dataset's test split
+   (``EvaluateWorkChain`` with the ``aiida-mad-predict`` code of the training code's computer), with the training.
 
 Every stage first looks at what exists (groups, generation keys, finished work chains, the dataset by name, folders
 with the export marker) and does only what is missing, so that a re-run after an interruption repeats nothing. The
@@ -45,7 +47,7 @@ __all__ = (
 )
 
 #: The stages, in the order they run.
-STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training')
+STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate')
 
 #: Prefix of every group of the demo: the demo never mixes with the ``mad/...`` groups of real work.
 GROUP_PREFIX = 'mad-demo'
@@ -100,6 +102,9 @@ ISOLATED_ATOMS_EXTRA = 'mad_demo_fingerprint'
 
 #: Extra on the training work chain the demo submits: the UUID of the dataset it trains on.
 TRAINING_EXTRA = 'mad_demo_dataset'
+
+#: Extra on the evaluation work chain the demo submits: the UUID of the model it evaluates.
+EVALUATION_EXTRA = 'mad_demo_model'
 
 #: The record metadata of the demo: a test-grade dataset, described as such.
 RECORD_METADATA = {
@@ -233,7 +238,11 @@ class Demo:
         if until is not None and until not in STAGES:
             raise DemoError(f'unknown stage {until!r}: choose one of {", ".join(STAGES)}')
         last = STAGES.index(until) if until is not None else len(STAGES) - 1
-        steps = [stage for stage in STAGES[: last + 1] if stage != 'training' or self.train_code is not None]
+        steps = [
+            stage
+            for stage in STAGES[: last + 1]
+            if stage not in ('training', 'evaluate') or self.train_code is not None
+        ]
         for number, stage in enumerate(steps, start=1):
             self.report(f'[{number}/{len(steps)}] {stage}: {STAGE_DESCRIPTIONS[stage]}')
             start = self._stage_start = time.monotonic()
@@ -523,6 +532,61 @@ class Demo:
             )
         return f'TrainWorkChain<{node.pk}> finished: model {node.outputs.model.pk}'
 
+    def stage_evaluate(self) -> str:
+        """Evaluate the demo's model on the dataset's test split (``mad.evaluate``), unless evaluated already."""
+        from aiida.engine import submit
+
+        from aiida_mad.workflows.dataset import load_dataset
+        from aiida_mad.workflows.evaluate import EvaluateWorkChain, evaluation_tables
+        from aiida_mad.workflows.train import TrainWorkChain
+
+        dataset = self.result.dataset or load_dataset(DATASET_NAME)
+        training = self.result.training
+        if training is None:
+            query = orm.QueryBuilder().append(
+                orm.WorkflowNode,
+                filters={
+                    'process_type': TrainWorkChain.build_process_type(),
+                    f'extras.{TRAINING_EXTRA}': dataset.uuid,
+                },
+            )
+            finished = [node for node in query.all(flat=True) if node.is_finished_ok]
+            if not finished:
+                raise DemoError('evaluate: no finished training of the demo dataset: run the training stage first')
+            training = max(finished, key=lambda node: node.ctime)
+        model = training.outputs.model
+        tables = evaluation_tables(dataset=dataset, model=model)
+        if tables:
+            return f'model {model.pk} already evaluated: {_evaluation_summary(tables[0])}'
+
+        def submitted():
+            query = orm.QueryBuilder().append(
+                orm.WorkflowNode,
+                filters={
+                    'process_type': EvaluateWorkChain.build_process_type(),
+                    f'extras.{EVALUATION_EXTRA}': model.uuid,
+                },
+            )
+            return query.all(flat=True)
+
+        def line():
+            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
+            return f'EvaluateWorkChain {", ".join(states)}'
+
+        if not [node for node in submitted() if not node.is_terminated]:
+            code = predict_code(self.train_code.computer)
+            split = 'test' if any(counts.get('test', 0) for counts in dataset.counts.values()) else 'all'
+            builder = EvaluateWorkChain.get_builder_for(model, code=code, dataset=dataset, split=split)
+            submit(builder).base.extras.set(EVALUATION_EXTRA, model.uuid)
+        self._wait('evaluate', submitted, line)
+        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
+        if not node.is_finished_ok:
+            raise DemoError(
+                f'evaluate: EvaluateWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}; inspect it '
+                f'with `verdi process report {node.pk}`'
+            )
+        return f'EvaluateWorkChain<{node.pk}>: {_evaluation_summary(node.outputs.table)}'
+
 
 #: One line per stage, printed when it starts.
 STAGE_DESCRIPTIONS = {
@@ -532,6 +596,7 @@ STAGE_DESCRIPTIONS = {
     'dataset': f'the dataset {DATASET_NAME}',
     'export': 'extended XYZ, AiiDA archives, chemiscope files, the record folder and its HTML report',
     'training': f'a tiny PET model (protocol {TRAINING_PROTOCOL})',
+    'evaluate': 'errors of the model per subset and its rotational symmetry error (mad.evaluate)',
 }
 
 
@@ -579,3 +644,32 @@ def record_metadata(dataset) -> dict:
         'description': description,
         'authors': [{'name': name or 'aiida-mad demo', 'affiliations': ['aiida-mad demo']}],
     }
+
+
+def _evaluation_summary(table: orm.Dict) -> str:
+    """Return one line of an evaluation table: frames, energy and force MAE, rotational error, the table's pk."""
+    overall = table['overall']
+
+    def shown(key: str, unit: str, digits: int = 1) -> str:
+        return '—' if overall.get(key) is None else f'{overall[key]:.{digits}f} {unit}'
+
+    return (
+        f'{overall["n_frames"]} frames ({table["split"]}), energy MAE {shown("energy_mae", "meV/atom")}, forces MAE '
+        f'{shown("forces_mae", "meV/Å")}, rotational std {shown("rotation_std", "meV/atom", 3)} (table {table.pk})'
+    )
+
+
+def predict_code(computer: orm.Computer) -> orm.AbstractCode:
+    """Return the ``aiida-mad-predict`` code of ``computer`` (plugin ``mad.predict``; ``aiida-mad setup`` makes it).
+
+    :raises DemoError: if the computer has none.
+    """
+    query = orm.QueryBuilder().append(orm.Computer, filters={'id': computer.pk}, tag='computer')
+    query.append(orm.InstalledCode, with_computer='computer', filters={'attributes.input_plugin': 'mad.predict'})
+    codes = sorted(query.all(flat=True), key=lambda code: (code.label != 'aiida-mad-predict', code.pk))
+    if not codes:
+        raise DemoError(
+            f'evaluate: no aiida-mad-predict code on computer {computer.label}: make it with '
+            f'`aiida-mad setup {computer.label}`'
+        )
+    return codes[0]

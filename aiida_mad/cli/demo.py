@@ -7,7 +7,7 @@ from . import params
 from .utils import require_daemon
 
 #: The stages of :mod:`aiida_mad.demo`; kept here so that ``--help`` needs no heavy import.
-STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training')
+STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate')
 
 
 @click.command('demo')
@@ -52,7 +52,7 @@ def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, 
 
     from aiida_mad.demo import DATASET_NAME, DFT_GROUP, PROTOCOL, STRUCTURES_GROUP, Demo, DemoError
 
-    training = not skip_training and until in (None, 'training')
+    training = not skip_training and until in (None, 'training', 'evaluate')
     mtt = None
     if training:
         try:

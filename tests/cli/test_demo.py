@@ -8,6 +8,7 @@ from aiida import orm
 from aiida_mad.constants import ALL_SUBSETS, process_type
 from aiida_mad.demo import DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, subset_group_label
 from aiida_mad.export.folders import read_marker
+from aiida_mad.workflows.evaluate import EvaluateWorkChain
 from aiida_mad.workflows.train import TrainWorkChain
 
 PW_PROCESS_TYPE = 'aiida.calculations:quantumespresso.pw'
@@ -37,7 +38,7 @@ def isolated_atom_elements() -> list[str]:
 
 @pytest.mark.usefixtures('aiida_profile_clean')
 def test_demo_interrupted_then_resumed_repeats_nothing(
-    run_cli_command, pw_code, offline_family, mtt, started_daemon_client, tmp_path
+    run_cli_command, pw_code, offline_family, mtt, predictor, started_daemon_client, tmp_path
 ):
     output_dir = tmp_path / 'demo'
     args = ['demo', '--code', pw_code.full_label, '--output-dir', output_dir, '--skip-training']
@@ -110,11 +111,13 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     assert f'dataset {DATASET_NAME}<{dataset.pk}> already there' in third.output
     assert 'export and record already there' in third.output
 
-    # The training stage: a tiny PET on the dataset; run again, it trains nothing more.
+    # The training and evaluate stages: a tiny PET on the dataset, its errors per subset (the `predictor` code of the
+    # computer); run again, they train and evaluate nothing more.
     training = [*args[:-1], '--train-code', mtt.full_label]
     fourth = run_cli_command(training)
     print(fourth.output)
-    assert '[6/6] training' in fourth.output
+    assert '[6/7] training' in fourth.output
+    assert '[7/7] evaluate' in fourth.output
     assert count_nodes(orm.CalcJobNode, PW_PROCESS_TYPE) == pw_jobs + len(elements)
     (train,) = (
         orm.QueryBuilder()
@@ -127,6 +130,15 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     fifth = run_cli_command(training)
     assert count_nodes(orm.Node) == nodes
     assert f'TrainWorkChain<{train.pk}> finished' in fifth.output
+    (evaluation,) = (
+        orm.QueryBuilder()
+        .append(orm.WorkflowNode, filters={'process_type': EvaluateWorkChain.build_process_type()})
+        .all(flat=True)
+    )
+    assert evaluation.is_finished_ok, evaluation.exit_message
+    assert evaluation.inputs.model.uuid == train.outputs.model.uuid
+    assert evaluation.outputs.table['overall']['n_frames'] >= 1
+    assert f'model {train.outputs.model.pk} already evaluated' in fifth.output
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
