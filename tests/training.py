@@ -8,7 +8,8 @@
   ``mad.dataset`` work chain, with a seed whose stable split has training, validation and test frames.
 * :func:`trained` runs one real tiny PET training (energy, forces, stress; a few seconds on one core) through
   ``MetatrainCalculation``, :func:`mace_trained` one real tiny MACE training (two epochs) through
-  ``MaceTrainCalculation``; each caches its node for the session.
+  ``MaceTrainCalculation``, :func:`dos_trained` one real tiny PET-MAD-DOS training (``mtt::dos``) on the dataset
+  with the DOS; each caches its node for the session.
 * :func:`prepare` runs ``prepare_for_submission`` of a builder in a sandbox.
 * The fixtures ``mtt``, ``mace``, ``predictor`` (the codes) and ``dataset`` (:func:`training_dataset`), registered
   for every test by ``pytest_plugins`` in ``tests/conftest.py``.
@@ -238,6 +239,31 @@ def trained(code, dataset):
 def mace_trained(code, dataset, *, seed: int = 0):
     """Return the node of one real tiny MACE training on ``dataset`` with ``seed`` (run once per session)."""
     return _run_once(f'mace-{dataset.uuid}-{seed}', mace_builder(code, dataset, {**TINY_MACE, 'seed': seed}))
+
+
+#: The tiny PET on the DOS with the PET-MAD-DOS loss (the ``tiny-dos`` protocol's parameters).
+TINY_DOS = {
+    **TINY_PET,
+    'architecture': {
+        **TINY_PET['architecture'],
+        'training': {
+            **TINY_PET['architecture']['training'],
+            'num_epochs': 2,
+            'atomic_baseline': {'mtt::dos': 0.0},
+            'loss': {'mtt::dos': {'type': 'shift_agnostic_mse', 'int_weight': 2.0, 'grad_penalty_weight': 1e-4}},
+        },
+    },
+}
+
+
+def dos_trained(code, labelled, *, seed: int = 0):
+    """Return the node of one real tiny PET-MAD-DOS training (``mtt::dos``) with ``seed`` (run once per session).
+
+    The dataset is :func:`training_dataset` with the DOS (``name='train-test-dos'``, ``include_dos=True``).
+    """
+    dataset = training_dataset(labelled, name='train-test-dos', include_dos=True)
+    builder = train_builder(code, dataset, {**TINY_DOS, 'seed': seed}, settings=orm.Dict({'target': 'dos'}))
+    return _run_once(f'dos-{dataset.uuid}-{seed}', builder)
 
 
 def prepare(builder, *, folders=()):

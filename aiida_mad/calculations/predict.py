@@ -24,8 +24,22 @@ Outputs, keyed by structure uuid (array ``uuids``, in the order of the structure
     :func:`aiida_mad.learning.committee.committee_statistics`. ``results`` (``Dict``): counts, model kinds, timings.
     :func:`predictions_by_uuid` reads them back as one dictionary per structure.
 
+DOS models (metatrain's ``mtt::dos``: protocols ``pet-mad-dos``, ``tiny-dos``)
+    ``predictions``: ``uuids``, ``natoms``, ``offsets``, ``dos`` ``(M, n, G)`` (states/eV per cell) and
+    ``dos_energies`` ``(G,)`` (the grid, eV relative to the Fermi energy: :func:`aiida_mad.dos.energy_grid`);
+    ``committee`` (two models or more): ``uuids``, ``offsets``, ``dos_energies``, ``dos_mean`` and ``dos_std``
+    ``(n, G)``. All models of one calculation predict the same targets (energy or DOS).
+
+Rotated copies (input ``rotations``, used by ``mad.evaluate`` for the rotational symmetry error)
+    ``ArrayData`` with ``matrices`` ``(R, 3, 3)`` (proper rotations) and optionally ``uuids`` (the structures to
+    rotate; all by default): the script also predicts every structure rotated by every matrix, in the same run
+    (:func:`aiida_mad.learning.rotations.rotation_arrays`; the copies are never stored). Output ``rotations``
+    (``ArrayData``): ``rotation_uuids``, ``rotation_matrices``, ``rotation_energy`` and ``rotation_energy_per_atom``
+    ``(M, k, R)``, for DOS models ``rotation_dos_variance`` ``(M, k, G)``.
+
 Before anything is stored or submitted (:func:`validate_inputs`): every model file is a model of a known kind (a
-file of another kind is refused, by name), the references agree, and no structure has an element that a model was
+file of another kind is refused, by name), the models predict the same targets, the references agree, and no
+structure has an element that a model was
 not trained on (refused naming the structure, the element and the model).
 """
 
@@ -46,6 +60,7 @@ __all__ = (
     'OUTPUT_FILE',
     'PredictCalculation',
     'model_elements',
+    'model_targets',
     'models_order',
     'predictions_by_uuid',
 )
@@ -57,7 +72,7 @@ STRUCTURES_FILE = 'structures.xyz'
 STDOUT_FILE = 'predict.out'
 STDERR_FILE = 'predict.err'
 #: Defaults of the ``parameters`` input.
-DEFAULT_PARAMETERS = {'batch_size': 16, 'device': 'cpu'}
+DEFAULT_PARAMETERS = {'batch_size': 16, 'device': 'cpu', 'dtype': None}
 #: Per-model arrays of the ``predictions`` output.
 PREDICTION_ARRAYS = ('uuids', 'natoms', 'offsets', 'energy', 'energy_per_atom', 'forces', 'stress')
 #: Arrays of the ``committee`` output (with ``uuids`` and ``offsets``).
@@ -69,6 +84,10 @@ COMMITTEE_ARRAYS = (
     'force_std_max',
     'stress_std_max',
 )
+#: Per-model arrays of the ``predictions`` output of DOS models (with ``uuids``, ``natoms`` and ``offsets``).
+DOS_ARRAYS = ('dos', 'dos_energies')
+#: Arrays of the ``committee`` output of DOS models (with ``uuids`` and ``offsets``).
+COMMITTEE_DOS_ARRAYS = ('dos_mean', 'dos_std', 'dos_energies')
 
 
 def get_parameters(parameters: dict | None) -> dict:
@@ -81,6 +100,8 @@ def get_parameters(parameters: dict | None) -> dict:
         raise ValueError(f'parameters.batch_size must be a positive integer, got {merged["batch_size"]!r}')
     if not isinstance(merged['device'], str) or merged['device'].split(':')[0] not in ('cpu', 'cuda'):
         raise ValueError(f"parameters.device must be 'cpu' or 'cuda', got {merged['device']!r}")
+    if merged['dtype'] not in (None, 'float32', 'float64'):
+        raise ValueError(f"parameters.dtype must be null, 'float32' or 'float64', got {merged['dtype']!r}")
     return merged
 
 
@@ -98,6 +119,27 @@ def model_elements(model: ModelData) -> list[str]:
     with model.as_path() as path:
         try:
             return file_elements(path)
+        except ModelFileError as exception:
+            raise ValueError(f'model {model.pk} ({model.filename}): {exception}') from None
+
+
+def model_targets(model: ModelData) -> tuple[str, ...]:
+    """Return what ``model`` predicts, ``('energy',)`` or ``('dos',)``: from attribute ``targets``, else its file.
+
+    :raises ValueError: naming the node if its file is not a model of a known kind.
+    """
+    from aiida_mad.inference.models import DOS_OUTPUT, TARGETS
+
+    if model.base.attributes.get('architecture', None) == 'mace':
+        return ('energy',)
+    targets = model.base.attributes.get('targets', None)
+    if targets:
+        return tuple(target for target, key in zip(TARGETS, ('energy', DOS_OUTPUT), strict=True) if key in targets)
+    from aiida_mad.inference.models import ModelFileError, load_model
+
+    with model.as_path() as path:
+        try:
+            return load_model(path).targets
         except ModelFileError as exception:
             raise ValueError(f'model {model.pk} ({model.filename}): {exception}') from None
 
@@ -125,6 +167,29 @@ def _dataset_elements(dataset: DatasetData, split: str | None) -> dict[str, set[
     return result
 
 
+def rotations_config(rotations: orm.ArrayData) -> dict:
+    """Return the ``rotations`` entry of ``predict.json``: ``matrices`` (R, 3, 3) and ``uuids`` (``None``: all).
+
+    The script predicts the rotated copies in the same run (:func:`aiida_mad.learning.rotations.rotation_arrays`);
+    the work chain ``mad.evaluate`` uses them for the rotational symmetry error.
+
+    :raises ValueError: unless ``matrices`` holds at least two rotation matrices.
+    """
+    import numpy as np
+
+    names = rotations.get_arraynames()
+    if 'matrices' not in names:
+        raise ValueError('rotations: array `matrices` (R, 3, 3) is missing')
+    matrices = rotations.get_array('matrices')
+    if matrices.ndim != 3 or matrices.shape[1:] != (3, 3) or len(matrices) < 2:
+        raise ValueError(f'rotations: `matrices` must be at least two 3x3 matrices, got shape {matrices.shape}')
+    identity = np.einsum('rij,rkj->rik', matrices, matrices)
+    if not np.allclose(identity, np.eye(3), atol=1e-8) or not np.allclose(np.linalg.det(matrices), 1, atol=1e-8):
+        raise ValueError('rotations: every matrix of `matrices` must be a proper rotation')
+    uuids = [str(uuid) for uuid in rotations.get_array('uuids')] if 'uuids' in names else None
+    return {'matrices': matrices.tolist(), 'uuids': uuids}
+
+
 def validate_inputs(value, _):
     """Check the models and the structures before anything is stored or submitted."""
     models = value.get('models') or {}
@@ -134,6 +199,11 @@ def validate_inputs(value, _):
         return 'give at least one model in the `models` namespace'
     if (dataset is None) == (not structures):
         return 'give either a `dataset` or `structures`, not both and not neither'
+    if 'rotations' in value:
+        try:
+            rotations_config(value['rotations'])
+        except ValueError as exception:
+            return str(exception)
     split = value['split'].value if 'split' in value else None
     if split is not None and dataset is None:
         return '`split` selects frames of a `dataset`; none was given'
@@ -141,6 +211,10 @@ def validate_inputs(value, _):
         return f"split must be 'train', 'val' or 'test', got {split!r}"
     try:
         get_parameters(value['parameters'].get_dict() if 'parameters' in value else None)
+        targets = {key: model_targets(model) for key, model in _ordered_models(models)}
+        if len(set(targets.values())) > 1:
+            described = ', '.join(f'`{key}`: {"+".join(value) or "nothing"}' for key, value in targets.items())
+            return f'the models do not all predict the same targets ({described})'
         references = {key: model.base.attributes.get('energy_reference', None) for key, model in models.items()}
         if len({reference for reference in references.values() if reference is not None}) > 1:
             return f'the models predict energies on different references: {references}'
@@ -170,21 +244,26 @@ def predictions_by_uuid(predictions: orm.ArrayData, committee: orm.ArrayData | N
     """Return ``{structure uuid: {energy_per_atom, forces, stress, ...}}`` from the outputs of ``mad.predict``.
 
     Per-model values keep the model axis first: ``energy_per_atom`` ``(M,)``, ``forces`` ``(M, natoms, 3)``,
-    ``stress`` ``(M, 3, 3)``; with the ``committee`` output, its values for the structure are added.
+    ``stress`` ``(M, 3, 3)``, for DOS models ``dos`` ``(M, G)`` (on the grid of array ``dos_energies``); with the
+    ``committee`` output, its values for the structure are added (``dos_mean`` and ``dos_std`` ``(G,)``).
     """
-    arrays = {name: predictions.get_array(name) for name in PREDICTION_ARRAYS}
+    names = set(predictions.get_arraynames())
+    arrays = {name: predictions.get_array(name) for name in (*PREDICTION_ARRAYS, 'dos') if name in names}
     offsets = arrays['offsets']
-    statistics = {name: committee.get_array(name) for name in COMMITTEE_ARRAYS} if committee is not None else {}
+    statistics = {}
+    if committee is not None:
+        present = set(committee.get_arraynames())
+        wanted = (*COMMITTEE_ARRAYS, 'dos_mean', 'dos_std')
+        statistics = {name: committee.get_array(name) for name in wanted if name in present}
     result = {}
     for index, uuid in enumerate(arrays['uuids']):
         atoms = slice(int(offsets[index]), int(offsets[index + 1]))
-        entry = {
-            'natoms': int(arrays['natoms'][index]),
-            'energy': arrays['energy'][:, index],
-            'energy_per_atom': arrays['energy_per_atom'][:, index],
-            'forces': arrays['forces'][:, atoms],
-            'stress': arrays['stress'][:, index],
-        }
+        entry = {'natoms': int(arrays['natoms'][index])}
+        for name in ('energy', 'energy_per_atom', 'stress', 'dos'):
+            if name in arrays:
+                entry[name] = arrays[name][:, index]
+        if 'forces' in arrays:
+            entry['forces'] = arrays['forces'][:, atoms]
         for name, values in statistics.items():
             entry[name] = values[atoms] if name == 'forces_mean' else values[index]
         result[str(uuid)] = entry
@@ -207,7 +286,16 @@ class PredictCalculation(CalcJob):
             'structures', valid_type=orm.StructureData, dynamic=True, required=False, help='Predict these structures.'
         )
         spec.input(
-            'parameters', valid_type=orm.Dict, required=False, help='`batch_size` (16) and `device` (cpu or cuda).'
+            'parameters',
+            valid_type=orm.Dict,
+            required=False,
+            help="`batch_size` (16), `device` (cpu or cuda), `dtype` (null: the model's own; float32, float64).",
+        )
+        spec.input(
+            'rotations',
+            valid_type=orm.ArrayData,
+            required=False,
+            help='Also predict rotated copies: `matrices` (R, 3, 3), optional `uuids` (the structures to rotate).',
         )
         spec.inputs.validator = validate_inputs
         set_option_defaults(spec, cls._DEFAULT_PARSER, STDOUT_FILE)
@@ -215,6 +303,7 @@ class PredictCalculation(CalcJob):
         spec.output('predictions', valid_type=orm.ArrayData, help='Per-model predictions, keyed by `uuids`.')
         spec.output('committee', valid_type=orm.ArrayData, required=False, help='Committee means and sigmas.')
         spec.output('results', valid_type=orm.Dict, required=False, help='Counts, model kinds and timings.')
+        spec.output('rotations', valid_type=orm.ArrayData, required=False, help='Predictions of rotated copies.')
         spec.default_output_node = 'results'
 
         spec.exit_code(301, 'ERROR_MISSING_OUTPUT_FILES', message='aiida-mad-predict wrote no {files}.')
@@ -240,6 +329,7 @@ class PredictCalculation(CalcJob):
             'split': None,
             'batch_size': parameters['batch_size'],
             'device': parameters['device'],
+            'dtype': parameters['dtype'],
             'output': OUTPUT_FILE,
         }
         if 'dataset' in self.inputs:
@@ -257,6 +347,8 @@ class PredictCalculation(CalcJob):
             with folder.open(STRUCTURES_FILE, 'w') as handle:
                 ase.io.write(handle, frames, format='extxyz')
             config['structures'] = [STRUCTURES_FILE]
+        if 'rotations' in self.inputs:
+            config['rotations'] = rotations_config(self.inputs.rotations)
         with folder.open(CONFIG_FILE, 'w') as handle:
             json.dump(config, handle, indent=2)
 

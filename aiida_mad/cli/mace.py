@@ -138,7 +138,10 @@ def cmd_model_predict(models, group, dataset, split, code, batch_size, device, t
         echo.echo_critical(f'PredictCalculation<{node.pk}> failed: {node.exit_status} {node.exit_message}')
     committee = node.outputs.committee if 'committee' in node.outputs else None
     rows = predictions_by_uuid(node.outputs.predictions, committee)
-    echo_table(rows, committee is not None)
+    if 'dos' in node.outputs.predictions.get_arraynames():
+        echo_dos_table(rows, node.outputs.predictions.get_array('dos_energies'), committee is not None)
+    else:
+        echo_table(rows, committee is not None)
     echo.echo_report(
         f'PredictCalculation<{node.pk}>: {len(rows)} structures, outputs `predictions`'
         + (' and `committee`' if committee is not None else '')
@@ -162,4 +165,22 @@ def echo_table(rows: dict, committee: bool) -> None:
     headers = ['structure', 'atoms', 'E (eV/atom)']
     if committee:
         headers += ['σE (meV/atom)', 'σF max (meV/Å)', 'σS max (meV/Å³)']
+    click.echo(tabulate(table, headers=headers))
+
+
+def echo_dos_table(rows: dict, energies, committee: bool) -> None:
+    """Print one line per structure of DOS models: the DOS at the Fermi energy (each model), the committee sigma."""
+    import numpy as np
+    from tabulate import tabulate
+
+    fermi = int(np.argmin(np.abs(energies)))
+    table = []
+    for uuid, entry in rows.items():
+        row = [uuid[:8], entry['natoms'], ' '.join(f'{value:.3f}' for value in entry['dos'][:, fermi])]
+        if committee:
+            row += [f'{entry["dos_std"][fermi]:.3f}', f'{np.max(entry["dos_std"]):.3f}']
+        table.append(row)
+    headers = ['structure', 'atoms', 'DOS(E_F) (states/eV)']
+    if committee:
+        headers += ['σDOS(E_F)', 'σDOS max']
     click.echo(tabulate(table, headers=headers))

@@ -3,7 +3,7 @@
 ``aiida-mad-predict predict.json`` reads the configuration::
 
     {"models": ["model-0.pt", "model-1.model"], "shards": ["shards/frames-00000.extxyz.gz", ...],
-     "structures": ["structures.xyz"], "split": null, "batch_size": 16, "device": "cpu",
+     "structures": ["structures.xyz"], "split": null, "batch_size": 16, "device": "cpu", "dtype": null,
      "output": "predictions.npz"}
 
 loads the dataset's shards as they are (``shards``, read by :func:`aiida_mad.dataset.extxyz.read_shards`; only the
@@ -49,7 +49,8 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     for name in config.get('structures', []):
         frames.extend(ase.io.read(directory / name, index=':'))
     device = config.get('device', 'cpu')
-    models = [Model(directory / name, device=device) for name in config['models']]
+    dtype = config.get('dtype')
+    models = [Model(directory / name, device=device, dtype=dtype) for name in config['models']]
     loaded = time.perf_counter()
     batch_size = int(config.get('batch_size', 16))
     arrays = predict(models, frames, batch_size=batch_size)
@@ -68,6 +69,7 @@ def run(config: dict, directory: pathlib.Path) -> dict:
         'n_atoms': int(arrays['offsets'][-1]),
         'models': [{'file': model.path.name, 'kind': model.kind, 'elements': model.elements} for model in models],
         'device': device,
+        'dtype': dtype,
         'batch_size': batch_size,
         'n_rotated': len(arrays.get('rotation_uuids', [])),
         'n_rotations': len(arrays.get('rotation_matrices', [])),

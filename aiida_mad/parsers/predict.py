@@ -17,6 +17,8 @@ from aiida.parsers import Parser
 
 from aiida_mad.calculations.predict import (
     COMMITTEE_ARRAYS,
+    COMMITTEE_DOS_ARRAYS,
+    DOS_ARRAYS,
     INFO_FILE,
     OUTPUT_FILE,
     PREDICTION_ARRAYS,
@@ -37,6 +39,10 @@ UNITS = {
     'stress_mean': 'eV/Å³ (Voigt xx yy zz yz xz xy)',
     'force_std_max': 'eV/Å',
     'stress_std_max': 'eV/Å³',
+    'dos': 'states/eV',
+    'dos_energies': 'eV (relative to the Fermi energy)',
+    'dos_mean': 'states/eV',
+    'dos_std': 'states/eV',
 }
 
 
@@ -62,9 +68,14 @@ class PredictParser(Parser):
             arrays = {name: data[name] for name in data.files}
         models = models_order(self.node)
         predictions = orm.ArrayData()
-        for name in PREDICTION_ARRAYS:
+        stored = [name for name in (*PREDICTION_ARRAYS, *DOS_ARRAYS) if name in arrays]
+        for name in stored:
             predictions.set_array(name, arrays[name])
-        attributes = {'models': models, 'units': {name: UNITS[name] for name in PREDICTION_ARRAYS if name in UNITS}}
+        attributes = {
+            'models': models,
+            'targets': [target for target in ('energy', 'dos') if target in arrays],
+            'units': {name: UNITS[name] for name in stored if name in UNITS},
+        }
         references = {
             self.node.inputs.models[key].base.attributes.get('energy_reference', None)
             for key in self.node.inputs.models
@@ -74,12 +85,19 @@ class PredictParser(Parser):
         self.out('predictions', predictions)
         if len(models) >= 2:
             committee = orm.ArrayData()
-            for name in ('uuids', 'offsets', *COMMITTEE_ARRAYS):
+            statistics = [name for name in (*COMMITTEE_ARRAYS, *COMMITTEE_DOS_ARRAYS) if name in arrays]
+            for name in ('uuids', 'offsets', *statistics):
                 committee.set_array(name, arrays[name])
             committee.base.attributes.set_many(
-                {**attributes, 'units': {name: UNITS[name] for name in COMMITTEE_ARRAYS}, 'std': 'population (ddof 0)'}
+                {**attributes, 'units': {name: UNITS[name] for name in statistics}, 'std': 'population (ddof 0)'}
             )
             self.out('committee', committee)
+        if 'rotation_uuids' in arrays:
+            rotations = orm.ArrayData()
+            for name in sorted(name for name in arrays if name.startswith('rotation_')):
+                rotations.set_array(name, arrays[name])
+            rotations.base.attributes.set_many({'models': models, 'std': 'population (ddof 0)'})
+            self.out('rotations', rotations)
         info = {}
         if INFO_FILE in names:
             info = json.loads(self.retrieved.base.repository.get_object_content(INFO_FILE, mode='r'))

@@ -16,7 +16,7 @@ from ase.build import molecule
 from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uuid
 from aiida_mad.data.model import ModelData
 from aiida_mad.inference.models import Model
-from tests.training import mace_trained, trained
+from tests.training import dos_trained, mace_trained, trained, training_dataset
 
 
 @pytest.fixture
@@ -132,6 +132,52 @@ def test_committee_of_different_models_has_positive_spread(mace, predictor, data
     assert first['energy_per_atom_std'] == pytest.approx(float(np.std(first['energy_per_atom'])))
 
 
+def dos_reference(model: ModelData, frames) -> np.ndarray:
+    """Return the ``(n, G)`` DOS of ``frames`` by the model's own metatomic calculator, one structure at a time."""
+    from metatomic.torch import ModelOutput
+
+    with model.as_path() as path:
+        calculator = Model(path).ase_calculator()
+        outputs = [
+            calculator.run_model(frame, {'mtt::dos': ModelOutput(per_atom=False)})['mtt::dos'].block().values
+            for frame in frames
+        ]
+    return np.concatenate([values.detach().double().numpy() for values in outputs])
+
+
+def test_dos_committee_predictions(mtt, predictor, labelled):
+    from aiida_mad.dos import GRID_POINTS, energy_grid
+
+    models = [dos_trained(mtt, labelled, seed=seed).outputs.model for seed in (0, 1)]
+    dataset = training_dataset(labelled, name='train-test-dos', include_dos=True)
+    _, node = run_get_node(builder_for(predictor, models, dataset=dataset))
+    assert node.is_finished_ok, node.exit_message
+    predictions, committee = node.outputs.predictions, node.outputs.committee
+    assert predictions.base.attributes.get('targets') == ['dos']
+    assert 'energy' not in predictions.get_arraynames() and 'energy_per_atom_std' not in committee.get_arraynames()
+    frames = dataset.frames()
+    order = {uuid: index for index, uuid in enumerate(predictions.get_array('uuids'))}
+    dos = predictions.get_array('dos')
+    assert dos.shape == (2, len(frames), GRID_POINTS)
+    np.testing.assert_array_equal(predictions.get_array('dos_energies'), energy_grid())
+    for position, model in enumerate(models):
+        expected = dos_reference(model, frames)
+        rows = [order[frame.info['source_uuid']] for frame in frames]
+        np.testing.assert_allclose(dos[position, rows], expected, atol=1e-5)
+    np.testing.assert_allclose(committee.get_array('dos_mean'), dos.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(committee.get_array('dos_std'), dos.std(axis=0), rtol=1e-12)
+    assert np.all(committee.get_array('dos_std').max(axis=1) > 0)  # two seeds: two different models
+    entry = predictions_by_uuid(predictions, committee)[frames[0].info['source_uuid']]
+    assert entry['dos'].shape == (2, GRID_POINTS) and entry['dos_std'].shape == (GRID_POINTS,)
+
+
+def test_energy_and_dos_models_not_mixed(mtt, predictor, labelled, pet_model):
+    dos_model = dos_trained(mtt, labelled).outputs.model
+    dataset = training_dataset(labelled, name='train-test-dos', include_dos=True)
+    with pytest.raises(ValueError, match=r'do not all predict the same targets \(`model_0`: energy, `model_1`: dos\)'):
+        run_get_node(builder_for(predictor, [pet_model, dos_model], dataset=dataset))
+
+
 def test_unknown_element_refused_by_name(predictor, mace_model):
     water = molecule('H2O')
     water.center(vacuum=4.0)
@@ -145,8 +191,10 @@ def test_unknown_element_refused_by_name(predictor, mace_model):
 def test_model_file_of_the_wrong_kind_refused(predictor, dataset, tmp_path):
     path = tmp_path / 'model.pt'
     path.write_bytes(b'this is not a model')
+    before = orm.QueryBuilder().append(orm.CalcJobNode).count()
     with pytest.raises(ValueError, match=r'model\.pt is not a model aiida-mad can run'):
         run_get_node(builder_for(predictor, [ModelData(path)], dataset=dataset))
+    assert orm.QueryBuilder().append(orm.CalcJobNode).count() == before
 
 
 def test_models_on_different_energy_references_refused(predictor, dataset, mace_model, pet_model):
@@ -172,3 +220,16 @@ def test_cli_predict_prints_committee_spread(run_cli_command, predictor, dataset
         assert structure.uuid[:8] in result.output
     result = run_cli_command(['model', 'predict', mace_model.pk, '-X', code], raises=True)
     assert 'give either --group or --dataset' in result.output
+
+
+def test_float32_predictions_of_a_float64_mace_model(dataset, mace_model, pet_model):
+    frames = dataset.frames()
+    with mace_model.as_path() as path:
+        own, single = Model(path), Model(path, dtype='float32')
+        assert (str(own.dtype), str(single.dtype)) == ('torch.float64', 'torch.float32')
+        expected, predicted = own.predict(frames, 4), single.predict(frames, 4)
+    np.testing.assert_allclose(predicted.energy, expected.energy, rtol=1e-5)
+    np.testing.assert_allclose(predicted.forces, expected.forces, atol=1e-4)
+    assert not np.array_equal(predicted.energy, expected.energy)  # really computed in float32
+    with pet_model.as_path() as path, pytest.raises(ValueError, match='exported in float32; it cannot run in float64'):
+        Model(path, dtype='float64')
