@@ -1,4 +1,7 @@
-"""``committee_split`` (``mad.committee_split``): one committee member's own train/validation split.
+"""Committees: ``committee_split`` (``mad.committee_split``) and ``committee_record`` (``mad.committee_record``).
+
+``committee_split`` makes one committee member's own train/validation split; ``committee_record`` the record of a
+trained committee, linked to its members.
 
 MP-ALOE's committee members differ only in their seed and their train/validation split. A member's dataset is the
 committee's dataset with the frames of ``train`` and ``val`` pooled and split again, the ``test`` frames untouched
@@ -8,6 +11,11 @@ every validation split has frames with a stress when the pool has any), and memb
 block of each (with more members than periodic blocks, the later members add one of the other frames): the members'
 validation sets differ as long as the pool has enough frames, and their size follows the dataset's own fractions (at
 least one frame).
+
+``committee_record`` takes the committee's dataset, the architecture, the committee seed and, per member ``i``, its
+model (``model_<i>``) and its dataset (``dataset_<i>``), and returns the ``Dict`` that ``CommitteeWorkChain``
+outputs as ``committee``: as a calcfunction output, the record descends from every member model in the provenance
+graph (and through them from their trainings and datasets).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from aiida.engine import calcfunction
 
 from aiida_mad.data.dataset import DatasetData
 
-__all__ = ('committee_split', 'member_validation')
+__all__ = ('committee_record', 'committee_split', 'member_validation')
 
 
 def _block(items: list[str], start: int, size: int) -> list[str]:
@@ -89,4 +97,39 @@ def committee_split(dataset: DatasetData, member: orm.Int, seed: orm.Int) -> Dat
         dft_uuids=[dft_uuids[frame.info['source_uuid']] for frame in frames],
         selection=selection,
         atomic_energies=dataset.atomic_energies,
+    )
+
+
+@calcfunction
+def committee_record(dataset: DatasetData, architecture: orm.Str, seed: orm.Int, **members) -> orm.Dict:
+    """Return the record of a committee: per member its model, training, seed, dataset, validation frames, errors.
+
+    :param members: ``model_<i>`` (the member's ``mad.model``) and ``dataset_<i>`` (its ``committee_split`` dataset)
+        for every member ``i``.
+    """
+    count = len([key for key in members if key.startswith('model_')])
+    entries = []
+    for member in range(count):
+        model = members[f'model_{member}']
+        member_dataset = members[f'dataset_{member}']
+        creator = model.creator
+        entries.append(
+            {
+                'member': member,
+                'model': model.uuid,
+                'calculation': creator.uuid if creator is not None else None,
+                'seed': seed.value + member,
+                'dataset': member_dataset.uuid,
+                'validation': member_dataset.selection['committee']['validation'],
+                'errors': model.errors,
+            }
+        )
+    return orm.Dict(
+        {
+            'architecture': architecture.value,
+            'dataset': dataset.uuid,
+            'fingerprint': dataset.fingerprint,
+            'n_members': count,
+            'members': entries,
+        }
     )

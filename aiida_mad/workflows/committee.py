@@ -8,7 +8,9 @@ member's dataset (:func:`~aiida_mad.calculations.committee.committee_split`: tra
 member, test frames shared) and sets the seed to ``seed + i``; all members train in parallel.
 
 Outputs: ``models`` (namespace ``member_<i>``, the members' ``mad.model`` nodes) and ``committee`` (a ``Dict``
-listing each member: model uuid, seed, its dataset and validation frames, its errors), and with ``name`` the
+listing each member: model uuid, seed, its dataset and validation frames, its errors; made by the calcfunction
+:func:`~aiida_mad.calculations.committee.committee_record` from the member models, so the provenance graph links
+every member to the record), and with ``name`` the
 models go to group ``mad/committees/<name>``. A committee of one is refused before anything runs.
 """
 
@@ -18,7 +20,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import WorkChain
 
-from aiida_mad.calculations.committee import committee_split
+from aiida_mad.calculations.committee import committee_record, committee_split
 from aiida_mad.calculations.mace import MaceTrainCalculation
 from aiida_mad.calculations.mace import validate_inputs as validate_mace
 from aiida_mad.calculations.metatrain import MetatrainCalculation
@@ -109,7 +111,7 @@ class CommitteeWorkChain(WorkChain):
     def results(self):
         """Attach the members' models and the committee record."""
         failed = []
-        members = []
+        members = {}
         for member, dataset in enumerate(self.ctx.datasets):
             node = self.ctx[f'member_{member}']
             if not node.is_finished_ok:
@@ -119,31 +121,22 @@ class CommitteeWorkChain(WorkChain):
                 continue
             model = node.outputs.model
             self.out(f'models.member_{member}', model)
-            members.append(
-                {
-                    'member': member,
-                    'model': model.uuid,
-                    'calculation': node.uuid,
-                    'seed': self.inputs.seed.value + member,
-                    'dataset': dataset.uuid,
-                    'validation': dataset.selection['committee']['validation'],
-                    'errors': model.errors,
-                }
-            )
+            members[f'model_{member}'] = model
+            members[f'dataset_{member}'] = dataset
         if failed:
             return self.exit_codes.ERROR_MEMBER_FAILED.format(message='; '.join(failed))
-        record = {
-            'architecture': self.architecture,
-            'dataset': self.inputs.dataset.uuid,
-            'fingerprint': self.inputs.dataset.fingerprint,
-            'n_members': len(members),
-            'members': members,
-        }
-        self.out('committee', orm.Dict(record).store())
+        record = committee_record(
+            self.inputs.dataset,
+            orm.Str(self.architecture),
+            self.inputs.seed,
+            metadata={'call_link_label': 'committee_record'},
+            **members,
+        )
+        self.out('committee', record)
         if 'name' in self.inputs:
             group, _ = orm.Group.collection.get_or_create(f'{COMMITTEE_GROUP_PREFIX}/{self.inputs.name.value}')
-            group.add_nodes([orm.load_node(entry['model']) for entry in members])
-        self.report(f'committee of {len(members)} {self.architecture} models')
+            group.add_nodes([orm.load_node(entry['model']) for entry in record['members']])
+        self.report(f'committee of {record["n_members"]} {self.architecture} models')
         return None
 
 

@@ -77,6 +77,11 @@ def test_committee_of_three_mace_models(aiida_localhost, aiida_code_installed, d
     assert test_frames == {original_test}  # every member is tested on the same frames
     group = orm.load_group('mad/committees/test-committee')
     assert {model.uuid for model in group.nodes} == {model.uuid for model in members}
+    # the record is a calcfunction output: the provenance graph links every member model to it
+    creator = node.outputs.committee.creator
+    assert creator.process_type == 'aiida.calculations:mad.committee_record'
+    assert {link.node.uuid for link in creator.base.links.get_incoming().all()} >= {model.uuid for model in members}
+    assert creator.caller.uuid == node.uuid
 
 
 def test_committee_of_one_refused(aiida_localhost, aiida_code_installed, dataset):
