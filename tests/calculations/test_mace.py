@@ -145,6 +145,14 @@ def test_protocols_build_checked_builders(mace, dataset):
     assert set(MaceTrainWorkChain.get_available_protocols()) == {'mace-mp-large', 'mace-small', 'tiny'}
     large = MaceTrainWorkChain.get_protocol_inputs('mace-mp-large')['mace']['parameters']
     assert (large['num_channels'], large['max_L'], large['r_max'], large['max_num_epochs']) == (128, 2, 6.0, 100)
+    # MACE-MP-0a large (mace-mp mace_mp_0a/2024-01-07-mace-128-L2.sh), not the 0b settings (ZBL, Agnesi)
+    assert (large['model'], large['interaction_first'], large['lr'], large['ema_decay']) == (
+        'ScaleShiftMACE',
+        'RealAgnosticResidualInteractionBlock',
+        0.005,
+        0.995,
+    )
+    assert 'pair_repulsion' not in large and 'distance_transform' not in large
     assert MaceTrainWorkChain.get_protocol_inputs('mace-small')['mace']['parameters']['max_L'] == 0
     builder = MaceTrainWorkChain.get_builder_from_protocol(mace, dataset, 'tiny', name='tiny-mace')
     assert builder.mace.parameters.get_dict()['num_channels'] == 8
