@@ -81,7 +81,9 @@ def temporary_profile(broker: str | None = None):
 def local_code(label: str, executable) -> object:
     """Store and return a code of ``executable`` on the ``localhost`` computer (created when the profile has none).
 
-    One thread (``OMP_NUM_THREADS=1``), as in the tests.
+    One thread (``OMP_NUM_THREADS=1``), as in the tests. The computer checks its jobs every second: AiiDA's default
+    minimum job poll interval (10 s, meant for cluster schedulers) would otherwise add up to 10 s of waiting after a
+    job has ended, which dominates a benchmark of a few seconds (and is nothing on a training of hours).
     """
     from aiida import orm
     from aiida.common.exceptions import NotExistent
@@ -94,6 +96,7 @@ def local_code(label: str, executable) -> object:
             'localhost', 'localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
         ).store()
         computer.configure()
+        computer.set_minimum_job_poll_interval(1)
     return orm.InstalledCode(
         label=label, computer=computer, filepath_executable=str(executable), prepend_text='export OMP_NUM_THREADS=1'
     ).store()
