@@ -2,7 +2,7 @@
 
 Real controllers against the session's SQLite profile and its real daemon (ZeroMQ broker). The racing controllers
 run in two real Python processes that wait at a barrier (a file) and then submit at the same moment. The work chains
-run the fault-injecting pw.x that crashes at once (``crash_code``), and are killed as soon as they are counted:
+run the fault-injecting pw.x that crashes at once (``crash_code``), and are killed once they are counted:
 what is checked is how many work chains each structure got, not the DFT.
 """
 
@@ -27,22 +27,48 @@ from aiida_mad.controllers.dft import DFT_PROCESS_TYPE, SUBMISSION_EXTRA, DftSub
 OVERRIDES = {'pseudo_family': 'offline'}
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
-#: One racing controller: build it, wait at the barrier, submit, print the submitted uuids as JSON.
+#: One racing side for every trial (one process, so that the trials do not pay for a Python start each). Arguments:
+#: the profile, a JSON list of ``[controller fields, barrier path]`` (one per trial) and the side's name. For each
+#: trial: build the controller, say ready (file ``<barrier>.<side>``), wait for the barrier, submit, print the
+#: submitted uuids as one JSON line.
 RACER = """
 import json, pathlib, sys, time
 from aiida import load_profile
 load_profile(sys.argv[1], allow_switch=True)
 from aiida_mad.controllers.dft import DftSubmissionController
-fields = json.loads(sys.argv[2])
-barrier = pathlib.Path(sys.argv[3])
-controller = DftSubmissionController(**fields)
-controller.fingerprint
-(barrier.parent / (barrier.name + '.' + sys.argv[4])).touch()
-while not barrier.exists():
-    time.sleep(0.005)
-submitted = controller.submit_new_batch()
-print(json.dumps(sorted(uuid for uuid, _ in submitted)))
+trials = json.loads(sys.argv[2])
+side = sys.argv[3]
+for fields, barrier in trials:
+    barrier = pathlib.Path(barrier)
+    controller = DftSubmissionController(**fields)
+    controller.fingerprint
+    (barrier.parent / (barrier.name + '.' + side)).touch()
+    while not barrier.exists():
+        time.sleep(0.005)
+    submitted = controller.submit_new_batch()
+    print(json.dumps(sorted(uuid for uuid, _ in submitted)), flush=True)
 """
+
+
+def race(popen, sides: list[list], directory) -> list[list[list[str]]]:
+    """Run the two sides of every trial (``sides[i]``: ``[fields, barrier]`` per trial) released together.
+
+    ``popen(script, trials_json, side)`` starts one side; returns, per side, the uuids it submitted in each trial.
+    """
+    script = directory / 'racer.py'
+    script.write_text(textwrap.dedent(RACER))
+    racers = [popen(script, json.dumps(trials), str(side)) for side, trials in enumerate(sides)]
+    for _, barrier in sides[0]:
+        deadline = time.monotonic() + 300
+        while not all(pathlib.Path(f'{barrier}.{side}').exists() for side in range(len(sides))):
+            assert time.monotonic() < deadline, f'the racing controllers did not get ready for {barrier}'
+            assert all(racer.poll() is None for racer in racers), [racer.communicate() for racer in racers]
+            time.sleep(0.05)
+        pathlib.Path(barrier).touch()  # both are waiting: release them together
+    outputs = [racer.communicate(timeout=300) for racer in racers]
+    for racer, (_, stderr) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, stderr
+    return [[json.loads(line) for line in stdout.splitlines() if line.startswith('[')] for stdout, _ in outputs]
 
 
 def structure_group(count: int) -> orm.Group:
@@ -96,47 +122,33 @@ def test_two_controllers_in_two_processes_submit_every_structure_once(
     crash_code, offline_family, started_daemon_client, tmp_path, figures
 ):
     profile = get_manager().get_profile().name
-    script = tmp_path / 'racer.py'
-    script.write_text(textwrap.dedent(RACER))
-    trials, per_trial, submitted_total = 3, 3, 0
-    for trial in range(trials):
-        parent = structure_group(per_trial)
+    trials, per_trial = 3, 3
+    parents = [structure_group(per_trial) for _ in range(trials)]
+    sides: list[list] = [[], []]
+    for trial, parent in enumerate(parents):
         # trial 1: each controller writes into its own process group; the key must hold across groups
         groups = ['reliability/dft/shared'] * 2 if trial != 1 else ['reliability/dft/a', 'reliability/dft/b']
-        barrier = tmp_path / f'go-{trial}'
-        racers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(script),
-                    profile,
-                    json.dumps(controller_fields(parent, crash_code, group)),
-                    str(barrier),
-                    str(index),
-                ],
-                cwd=REPOSITORY,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for index, group in enumerate(groups)
-        ]
-        deadline = time.monotonic() + 300
-        while not all((tmp_path / f'go-{trial}.{index}').exists() for index in range(2)):
-            assert time.monotonic() < deadline, 'the racing controllers did not get ready'
-            assert all(racer.poll() is None for racer in racers), [racer.communicate() for racer in racers]
-            time.sleep(0.05)
-        barrier.touch()
-        outputs = [racer.communicate(timeout=300) for racer in racers]
-        for racer, (_, stderr) in zip(racers, outputs, strict=True):
-            assert racer.returncode == 0, stderr
-        claimed = [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
+        for side, group in enumerate(groups):
+            sides[side].append((controller_fields(parent, crash_code, group), str(tmp_path / f'go-{trial}')))
+
+    def popen(script, trials_json, side):
+        return subprocess.Popen(
+            [sys.executable, str(script), profile, trials_json, side],
+            cwd=REPOSITORY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    claimed = race(popen, sides, tmp_path)
+    submitted_total = 0
+    for trial, parent in enumerate(parents):
         # Together they submitted every structure, and no structure twice.
-        assert sorted(claimed[0] + claimed[1]) == sorted(node.uuid for node in parent.nodes)
+        assert sorted(claimed[0][trial] + claimed[1][trial]) == sorted(node.uuid for node in parent.nodes)
         chains = work_chains(parent)
         assert {uuid: len(nodes) for uuid, nodes in chains.items()} == dict.fromkeys(chains, 1)
-        stop([node for nodes in chains.values() for node in nodes])
         submitted_total += sum(len(nodes) for nodes in chains.values())
+    stop([node for parent in parents for nodes in work_chains(parent).values() for node in nodes])
     figures['trials'] = trials
     figures['structures'] = trials * per_trial
     figures['work chains'] = submitted_total

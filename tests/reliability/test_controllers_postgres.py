@@ -12,33 +12,11 @@ at once (``/bin/false``): what is counted is the work chains per structure, not 
 from __future__ import annotations
 
 import json
-import textwrap
-import time
 
 import pytest
 
 from tests.reliability.postgres import PostgresProfile, postgres_cluster
-
-#: One racing side for every trial (one process, so that the trials do not pay for a Python start each): for trial
-#: ``i`` build the controller of ``fields[i]``, say ready (file ``<barrier i>.<side>``), wait for the barrier, submit,
-#: print the submitted uuids as one JSON line.
-RACER = """
-import json, pathlib, sys, time
-from aiida import load_profile
-load_profile(sys.argv[1], allow_switch=True)
-from aiida_mad.controllers.dft import DftSubmissionController
-trials = json.loads(sys.argv[2])
-side = sys.argv[3]
-for fields, barrier in trials:
-    barrier = pathlib.Path(barrier)
-    controller = DftSubmissionController(**fields)
-    controller.fingerprint
-    (barrier.parent / (barrier.name + '.' + side)).touch()
-    while not barrier.exists():
-        time.sleep(0.005)
-    submitted = controller.submit_new_batch()
-    print(json.dumps(sorted(uuid for uuid, _ in submitted)), flush=True)
-"""
+from tests.reliability.test_controllers import race
 
 #: Hold the submission lock and report what it is, and the advisory locks PostgreSQL shows meanwhile; then make
 #: ``argv[1]`` groups of ``argv[2]`` one-atom Si cells. Prints ``{'lock', 'held', 'file', 'groups'}`` as JSON.
@@ -101,8 +79,6 @@ def test_two_controllers_on_postgresql_submit_every_structure_once(postgres_prof
     assert prepared['lock'].startswith('pg_advisory_lock(') and prepared['held'] == 1, prepared
     assert not prepared['file'], prepared
 
-    script = tmp_path / 'racer.py'
-    script.write_text(textwrap.dedent(RACER))
     sides: list[list] = [[], []]
     for trial, parent in enumerate(prepared['groups']):
         # trial 1: each controller writes into its own process group; the key must hold across groups
@@ -117,18 +93,7 @@ def test_two_controllers_on_postgresql_submit_every_structure_once(postgres_prof
                 'max_concurrent': 100,
             }
             sides[side].append((fields, str(tmp_path / f'go-{trial}')))
-    racers = [profile.popen(script, json.dumps(trials_of_side), str(side)) for side, trials_of_side in enumerate(sides)]
-    for trial in range(trials):
-        deadline = time.monotonic() + 300
-        while not all((tmp_path / f'go-{trial}.{side}').exists() for side in range(2)):
-            assert time.monotonic() < deadline, f'the racing controllers did not get ready for trial {trial}'
-            assert all(racer.poll() is None for racer in racers), [racer.communicate() for racer in racers]
-            time.sleep(0.05)
-        (tmp_path / f'go-{trial}').touch()  # both are waiting: release them together
-    outputs = [racer.communicate(timeout=300) for racer in racers]
-    for racer, (_, stderr) in zip(racers, outputs, strict=True):
-        assert racer.returncode == 0, stderr
-    lines = [[json.loads(line) for line in stdout.splitlines() if line.startswith('[')] for stdout, _ in outputs]
+    lines = race(profile.popen, sides, tmp_path)
     claimed = {parent: (lines[0][trial], lines[1][trial]) for trial, parent in enumerate(prepared['groups'])}
 
     counts = json.loads(profile.run(COUNT, *prepared['groups']).splitlines()[-1])
