@@ -340,7 +340,7 @@ class PredictCalculation(CalcJob):
             config['split'] = self.inputs.split.value if 'split' in self.inputs else None
         else:
             frames = []
-            for _, node in sorted(self.inputs.structures.items()):
+            for _, node in sorted((self.inputs.get('structures') or {}).items()):
                 atoms = node.get_ase()
                 atoms.info = {'source_uuid': node.uuid}
                 frames.append(atoms)
