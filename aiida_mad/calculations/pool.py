@@ -117,7 +117,12 @@ def create_pool(settings: orm.Dict, **parents: orm.StructureData) -> CandidatePo
 
 
 def validate_pool_inputs(value, ctx):
-    """Check the models as ``mad.predict`` does, and that the pool has only elements every model knows."""
+    """Check the models as ``mad.predict`` does, and that the pool has only elements every model knows.
+
+    Skipped where the namespace is exposed without ``pool`` or ``models`` (the work chain sets them itself).
+    """
+    if ctx is not None and ('pool' not in ctx or 'models' not in ctx):
+        return None  # exposed in a work chain that gives the pool and the models itself
     pool = value.get('pool')
     if pool is None:
         return 'give the candidate pool (`pool`)'
