@@ -536,19 +536,21 @@ def exponent(points: list[tuple[int, float]]) -> float | None:
 def table(results: list[dict]) -> str:
     """Return the markdown table of every row with the growth exponent of its stage on its backend."""
     rows = [row for result in results for row in result['rows']]
-    fits = {}
+    fits, cpu_fits = {}, {}
     for row in rows:
         fits.setdefault((row['backend'], row['stage']), []).append((row['size'], row['seconds']))
+        cpu_fits.setdefault((row['backend'], row['stage']), []).append((row['size'], row.get('cpu_seconds', 0.0)))
     lines = [
-        '| backend | stage | N | time (s) | CPU (s) | rate | peak RSS (MB) | exponent |',
-        '|---|---|---|---|---|---|---|---|',
+        '| backend | stage | N | time (s) | CPU (s) | rate | peak RSS (MB) | exponent (time) | exponent (CPU) |',
+        '|---|---|---|---|---|---|---|---|---|',
     ]
     for row in rows:
-        slope = exponent(fits[(row['backend'], row['stage'])])
+        slopes = [exponent(fits[(row['backend'], row['stage'])]), exponent(cpu_fits[(row['backend'], row['stage'])])]
+        shown = ' | '.join('' if slope is None else f'{slope:.2f}' for slope in slopes)
         lines.append(
             f'| {row["backend"]} | {row["stage"]} | {row["size"]} | {row["seconds"]:.2f} | '
             f'{row.get("cpu_seconds", math.nan):.2f} | {row["rate"]:.0f} {row["unit"]}/s | {row["rss_mb"]:.0f} | '
-            f'{"" if slope is None else f"{slope:.2f}"} |'
+            f'{shown} |'
         )
     for result in results:
         info, size = result['info'], result['rows'][0]['size'] if result['rows'] else '?'
