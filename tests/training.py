@@ -151,17 +151,20 @@ def _load(key: str):
         return None
 
 
-def choose_seed(uuids, fractions) -> int:
+def choose_seed(uuids, fractions, *, learned=()) -> int:
     """Return the smallest seed whose stable split of ``uuids`` puts at least one of them in every split.
 
     The periodic frames are passed: metatrain divides by the number of stress values of a split, so a split of
-    only molecules (no stress) cannot be validated on stress.
+    only molecules (no stress) cannot be validated on stress. The frames ``learned`` must be in ``train`` or ``val``:
+    a model only knows the elements of those splits (the H2 molecule is the only frame with H).
     """
     from aiida_mad.dataset.splits import assign_split
 
     wanted = {split for split, fraction in zip(('train', 'val', 'test'), fractions, strict=True) if fraction > 0}
     for seed in range(1000):
-        if {assign_split(uuid, seed, fractions) for uuid in uuids} >= wanted:
+        if {assign_split(uuid, seed, fractions) for uuid in uuids} >= wanted and all(
+            assign_split(uuid, seed, fractions) != 'test' for uuid in learned
+        ):
             return seed
     raise AssertionError(f'no seed below 1000 splits {len(uuids)} frames into {sorted(wanted)}')
 
@@ -176,7 +179,8 @@ def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = 
 
     fractions = [0.5, 0.25, 0.25]
     periodic = [node.inputs.structure.uuid for subset in ('mc3d', 'mc3d-rattled') for node in labelled.nodes(subset)]
-    seed = choose_seed(periodic, fractions)
+    molecules = [node.inputs.structure.uuid for node in labelled.nodes('shiftml-molfrags')]
+    seed = choose_seed(periodic, fractions, learned=molecules)
     builder = DatasetWorkChain.get_builder()
     builder.name = orm.Str(f'{name}-{labelled.isolated_atoms[:8]}')
     builder.groups = orm.List(list(DFT_GROUPS.values()))
