@@ -273,4 +273,16 @@ def calibrate(committee: orm.ArrayData, parameters: orm.Dict, **labels) -> dict:
     report = calibrate_arrays(sigmas, errors)
     thresholds = dict(settings.get('thresholds') or {})
     nxt = rescaled_thresholds(thresholds, report) if settings.get('rescale') else thresholds
-    return {'report': orm.Dict({'calibration': report, 'thresholds': thresholds, 'next_thresholds': nxt})}
+    record = {'calibration': report, 'thresholds': thresholds, 'next_thresholds': nxt}
+    return {'report': orm.Dict(_without_nan(record))}
+
+
+def _without_nan(value):
+    """Return ``value`` with every NaN float replaced by ``None`` (the database stores no NaN)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

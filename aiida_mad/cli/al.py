@@ -149,7 +149,9 @@ def _slope(calibration: dict, name: str) -> str:
     entry = calibration.get(name)
     if not entry:
         return '-'
-    return f'{entry["slope"]:.3g} (rho {entry["spearman"]:.2f}, n {entry["n"]})'
+    slope = 'n/a' if entry.get('slope') is None else f'{entry["slope"]:.3g}'
+    rho = 'n/a' if entry.get('spearman') is None else f'{entry["spearman"]:.2f}'
+    return f'{slope} (rho {rho}, n {entry["n"]})'
 
 
 @cmd_al.command('table')

@@ -462,7 +462,7 @@ class ActiveLearningWorkChain(WorkChain):
         if 'outlier_max_force' in self.inputs:
             builder.outlier_max_force = self.inputs.outlier_max_force
         builder.metadata = {'call_link_label': f'dataset_{self.ctx.iteration}'}
-        node = self.submit(DatasetWorkChain, **builder)
+        node = self.submit(builder)
         return ToContext(grown=node)
 
     def inspect_dataset(self):
