@@ -14,8 +14,10 @@ Design, decided once here:
   for the several molecules of one crystal), plus a ``refused`` Dict when items were refused. So every structure
   traces back by provenance to its parent and to the parameters and seed, while the cost of a process is paid once
   per batch, not once per structure.
-* **Parents.** The eligible structures of the parent groups, deduplicated and sorted by UUID (UUIDs survive
-  archive export and import, pks do not).
+* **Parents.** The eligible structures of the parent groups, deduplicated and sorted by a stable identity
+  (:func:`parent_identity`: the seed name, import key or generation key, else the structure's content), so the same
+  ``--seed`` draws the same parents in any profile, after archive export and import too (pks and UUIDs differ
+  between fresh profiles).
 * **Idempotence.** A new run skips the item keys (:func:`~aiida_mad.structures.registry.generation_key`) found in the
   target group and those of items refused earlier (kept in the ``refused`` Dict's extras), so running the same
   command twice adds nothing the second time, and ``--count 200`` after ``--count 100`` with the same seed adds the
@@ -28,6 +30,7 @@ Design, decided once here:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,6 +52,7 @@ from aiida_mad.structures.registry import (
     PARENT_STREAM,
     GenerationError,
     ParentInfo,
+    canonical_json,
     generation_key,
     stream_rng,
 )
@@ -60,6 +64,28 @@ MIN_REFUSAL_LIMIT = 10
 
 #: At most this many refusal reasons are kept verbatim for the report; the rest are only counted.
 MAX_REPORTED_REFUSALS = 10
+
+#: The extras that identify a structure independently of its profile, in order of preference.
+IDENTITY_EXTRAS = ('mad_seed_name', 'mad_import_key', 'mad_generation_key')
+
+
+def parent_identity(node: orm.StructureData) -> str:
+    """Return an identity of ``node`` that is the same in every profile, for ordering parents reproducibly.
+
+    The bundled seed's name, the import key or the generation key when the node has one (prefixed by the extra's
+    name); otherwise a hash of its content (cell, periodicity, kinds and positions rounded to 1e-8 Å).
+    """
+    extras = node.base.extras.all
+    for name in IDENTITY_EXTRAS:
+        value = extras.get(name)
+        if value:
+            return f'{name}:{value}'
+    content = {
+        'cell': np.round(np.asarray(node.cell, dtype=float), 8).tolist(),
+        'pbc': list(node.pbc),
+        'sites': [[site.kind_name, np.round(site.position, 8).tolist()] for site in node.sites],
+    }
+    return 'content:' + hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -209,7 +235,7 @@ class StructureGeneration:
     def _load_parents(
         self, labels: Sequence[str] | None, parents: Sequence[orm.StructureData], pool: tuple[str, ...]
     ) -> list[orm.StructureData]:
-        """Return the eligible parents sorted by UUID, raising :class:`GenerationError` naming a bad group."""
+        """Return the eligible parents in :func:`parent_identity` order, raising :class:`GenerationError`."""
         explicit = labels is not None
         labels = list(labels) if explicit else ([] if parents else list(self.generator.sources))
         nodes: dict[str, orm.StructureData] = {}
@@ -241,8 +267,7 @@ class StructureGeneration:
             raise GenerationError(f'no parent structures for {self.subset}: parent groups {where}{hint}')
 
         eligible, reasons = [], {}
-        for uuid in sorted(nodes):
-            node = nodes[uuid]
+        for node in sorted(nodes.values(), key=lambda node: (parent_identity(node), node.uuid)):
             info = ParentInfo(natoms=len(node.sites), pbc=tuple(node.pbc), symbols=frozenset(node.get_symbols_set()))
             reason = self.generator.eligible(info, pool)
             if reason is None:

@@ -98,3 +98,28 @@ def test_too_many_refusals_exit_code(bulk_seeds):
 
     assert node.exit_status == GenerateWorkChain.exit_codes.ERROR_TOO_MANY_REFUSED.status
     assert '0 of 5' in node.exit_message
+
+
+def generated_in_fresh_storage(profile) -> list[tuple[str, str, list]]:
+    """Reset the storage, store the bundled bulk seeds (new UUIDs) and generate; return what each item became."""
+    profile.reset_storage()
+    store_seeds(['bulk'])
+    _, node = run_get_node(
+        GenerateWorkChain, subset=orm.Str('mc3d-rattled'), count=orm.Int(4), seed=orm.Int(1), batch_size=4
+    )
+    assert node.is_finished_ok, node.exit_message
+    items = []
+    for structure in orm.load_group('mad/structures/mc3d-rattled').nodes:
+        parent = orm.load_node(structure.base.extras.get('mad_parent'))
+        items.append((structure.base.extras.get('mad_index'), parent.base.extras.get('mad_seed_name'), structure.sites))
+    return sorted(
+        (index, name, [(site.kind_name, list(site.position)) for site in sites]) for index, name, sites in items
+    )
+
+
+def test_same_seed_same_structures_in_a_fresh_profile(aiida_profile):
+    """The parents are ordered by their seed names, not by UUIDs, so ``--seed`` reproduces across profiles."""
+    first = generated_in_fresh_storage(aiida_profile)
+    second = generated_in_fresh_storage(aiida_profile)
+    assert len(first) == 4
+    assert first == second
