@@ -593,9 +593,9 @@ def load_family(label: str):
         _, version, functional, *flavour = [*label.split('/'), '']
         install = f'`aiida-pseudo install sssp -v {version} -x {functional} -p {flavour[0] or "efficiency"}`'
         alternative = (
-            f'or work offline with the installed family {offline}: `-F offline` (any protocol) or `--protocol fast`'
+            f'or work offline with the installed family {offline}: `-F offline` (any protocol) or `--protocol demo`'
             if offline_installed
-            else 'or `aiida-mad setup localhost` and then `-F offline` or `--protocol fast` to work offline'
+            else 'or `aiida-mad setup localhost` and then `-F offline` or `--protocol demo` to work offline'
         )
         raise ValueError(
             f'pseudopotential family `{label}` (SSSP) is not installed: install it with {install}, {alternative}'

@@ -101,7 +101,7 @@ def test_status_without_sssp_says_how_to_work_offline(run_cli_command, pw_code, 
     assert (
         'SSSP/1.2/PBEsol/efficiency' in result.output and 'aiida-pseudo install sssp -v 1.2 -x PBEsol' in result.output
     )
-    assert '-F offline' in result.output and '--protocol fast' in result.output
+    assert '-F offline' in result.output and '--protocol demo' in result.output
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
