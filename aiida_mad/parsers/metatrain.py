@@ -148,7 +148,8 @@ class MetatrainParser(TrainingParser):
         if arrays:
             self.out('metrics', self._metrics_node(arrays, columns))
 
-        checkpoint = self._checkpoint(names, temporary, last_epoch)
+        nan_epoch = self._first_nan_epoch(arrays, error_log, last_epoch)
+        checkpoint = self._checkpoint(names, temporary, last_epoch, nan_epoch)
         if checkpoint is not None:
             self.out('checkpoint', checkpoint)
         checkpoint_label = checkpoint.base.attributes.get('source_file') if checkpoint is not None else 'none'
@@ -176,10 +177,28 @@ class MetatrainParser(TrainingParser):
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def _checkpoint(self, names: set[str], temporary, last_epoch) -> orm.SinglefileData | None:
-        """Return the final checkpoint, else the newest intermediate one, as a ``SinglefileData`` with attributes."""
+    @staticmethod
+    def _first_nan_epoch(arrays: dict[str, np.ndarray], error_log: str, last_epoch) -> int | None:
+        """Return the first epoch whose training loss is not finite (from the metrics, else from the error), or None.
+
+        metatrain stops in the epoch whose loss turns NaN, before it logs the epoch, so without a NaN row in the
+        metrics a NaN error means the epoch after the last logged one.
+        """
+        loss = arrays.get('training_loss')
+        if loss is not None and 'epoch' in arrays and not np.all(np.isfinite(loss)):
+            return int(arrays['epoch'][np.argmax(~np.isfinite(loss))])
+        message = _exception_line(error_log) if error_log else ''
+        if re.search(r'\bNaN\b', message) or re.search(r'\bnan\b', message):
+            return last_epoch + 1 if last_epoch is not None else 0
+        return None
+
+    def _checkpoint(self, names: set[str], temporary, last_epoch, nan_epoch=None) -> orm.SinglefileData | None:
+        """Return the final checkpoint, else the newest intermediate one, as a ``SinglefileData`` with attributes.
+
+        After a NaN loss (``nan_epoch``), only a checkpoint written before that epoch is kept: the last good one.
+        """
         epoch = last_epoch
-        if CHECKPOINT_FILE in names:
+        if CHECKPOINT_FILE in names and nan_epoch is None:
             with self.retrieved.base.repository.open(CHECKPOINT_FILE, 'rb') as handle:
                 node = orm.SinglefileData(handle, filename=CHECKPOINT_FILE)
             source = CHECKPOINT_FILE
@@ -188,7 +207,7 @@ class MetatrainParser(TrainingParser):
             if temporary is not None:
                 for path in pathlib.Path(temporary).glob('model_*.ckpt'):
                     match = _CHECKPOINT_EPOCH.search(path.name)
-                    if match:
+                    if match and (nan_epoch is None or int(match.group(1)) < nan_epoch):
                         candidates.append((int(match.group(1)), path))
             if not candidates:
                 return None

@@ -7,6 +7,7 @@ under a ``CalcJobNode`` whose ``dataset`` input holds the frames that run traine
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def calc_job_node(aiida_localhost, dataset, case: str, *, scheduler_status: int 
     if scheduler_status is not None:
         node.set_exit_status(scheduler_status)
     retrieved = orm.FolderData()
-    retrieved.base.repository.put_object_from_tree(str(FIXTURES / case / 'retrieved'))
+    retrieved.base.repository.put_object_from_tree(str(FIXTURES / case / 'retrieved'))  # case: a name or a path
     retrieved.base.links.add_incoming(node, LinkType.CREATE, 'retrieved')
     retrieved.store()
     return node
@@ -133,3 +134,35 @@ def test_metrics_and_final_errors_parsers():
         parse_metrics('Epoch,loss\n')
     with pytest.raises(ValueError, match='line 3: 1 values for 2 columns'):
         parse_metrics('Epoch,loss\n,\n1\n')
+
+
+def nan_case(tmp_path, nan_at_epoch: int):
+    """Return the ``interrupted`` case (checkpoint of epoch 4) with its training loss NaN from ``nan_at_epoch`` on."""
+    case = tmp_path / f'nan-from-{nan_at_epoch}'
+    shutil.copytree(FIXTURES / 'interrupted', case)
+    metrics = case / 'retrieved' / 'train.csv'
+    header, units, *rows = metrics.read_text().splitlines()
+    while int(rows[-1].split(',')[0]) < nan_at_epoch:
+        epoch, *values = rows[-1].split(',')
+        rows.append(','.join([f'{int(epoch) + 1:4d}', *values]))
+    for index, row in enumerate(rows):
+        columns = row.split(',')
+        if int(columns[0]) >= nan_at_epoch:
+            columns[2] = 'nan'
+            rows[index] = ','.join(columns)
+    metrics.write_text('\n'.join([header, units, *rows]) + '\n')
+    return case
+
+
+def test_nan_loss_keeps_only_a_checkpoint_from_before_the_nan(aiida_localhost, fixture_dataset, tmp_path):
+    """The checkpoint of epoch 4 is kept when the loss turns NaN in epoch 5, and refused when it is NaN in epoch 4."""
+    case = nan_case(tmp_path, 5)
+    results, calcfunction = parse(calc_job_node(aiida_localhost, fixture_dataset, case), case)
+    assert calcfunction.exit_status == EXIT.ERROR_NAN_LOSS.status
+    assert 'epoch 5' in calcfunction.exit_message
+    assert results['checkpoint'].filename == 'model_4.ckpt'
+
+    case = nan_case(tmp_path, 4)
+    results, calcfunction = parse(calc_job_node(aiida_localhost, fixture_dataset, case), case)
+    assert calcfunction.exit_status == EXIT.ERROR_NAN_LOSS.status
+    assert 'checkpoint' not in results
