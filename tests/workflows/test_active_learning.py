@@ -1,10 +1,10 @@
 """Active learning end to end: pools, selection, DIRECT, labelling, growing, retraining (real MACE, pw.x, predict).
 
-The committee of iteration 0 is two real tiny MACE trainings by ``mad.committee`` (own seeds and train/validation
-splits, trained once per session) on the dataset the pipeline builds from real pw.x
-results (Si, rattled Si, H2); the candidates are MP-ALOE prototypes of at most 2 atoms with Si and H; labelling runs
-the real pw.x with the ``fast`` protocol; iteration 1 trains its own committee of two tiny MACE models on the grown
-dataset (two members keep the test short; the default is three)."""
+The committee of iteration 0 is two real tiny MACE trainings by ``mad.committee`` (seeds 11 and 12, and
+train/validation splits that differ in every session, trained once per session) on the dataset the pipeline builds
+from real pw.x results (Si, 2 rattled Si, H2); the candidates are MP-ALOE prototypes of at most 2 atoms with Si and
+H; labelling runs the real pw.x with the ``fast`` protocol; iteration 1 trains its own committee of two tiny MACE
+models on the grown dataset (two members keep the test short; the default is three)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,29 @@ LOW = {'energy': 1e-9, 'force': 1e-9, 'stress': 1e-9}
 _COMMITTEES: dict[str, dict[str, str]] = {}
 
 
+#: The committee seed: member i trains with seed ``COMMITTEE_SEED + i``.
+COMMITTEE_SEED = 11
+
+
+def check_members_differ(record: dict, models: list) -> None:
+    """Assert that the committee's members differ in seed, validation frames and model file.
+
+    The dataset of :func:`tests.training.training_dataset` has exactly one periodic frame in each split and the H2
+    molecule in train or val, so the pooled train and val frames are 2 periodic frames and H2: each member validates on
+    one periodic frame, member 0 on the first and member 1 on the second in the seed's order, whatever the session's
+    uuids. Members that differ in seed and in training frames cannot train to the same model.
+    """
+    members = record['members']
+    assert [member['seed'] for member in members] == [COMMITTEE_SEED, COMMITTEE_SEED + 1]
+    validation = [frozenset(member['validation']) for member in members]
+    assert all(validation) and validation[0] != validation[1], f'members validate on the same frames: {validation}'
+    contents = [model.base.repository.get_object_content(model.filename, mode='rb') for model in models]
+    assert contents[0] != contents[1], 'the two committee members are the same model'
+
+
 @pytest.fixture
 def committee(mace, dataset):
-    """Two real tiny MACE models trained once per session by ``mad.committee`` (own seeds and train/val splits)."""
+    """Two real tiny MACE models trained once per session by ``mad.committee``, differing in seed and split."""
     cached = _COMMITTEES.get(dataset.uuid)
     if cached is None:
         from aiida_mad.workflows.committee import CommitteeWorkChain, committee_members
@@ -36,6 +56,7 @@ def committee(mace, dataset):
         builder = CommitteeWorkChain.get_builder()
         builder.dataset = dataset
         builder.members = orm.Int(2)
+        builder.seed = orm.Int(COMMITTEE_SEED)
         builder.mace.code = mace
         builder.mace.parameters = orm.Dict(MaceTrainWorkChain.get_protocol_inputs('tiny')['mace']['parameters'])
         builder.mace.metadata.options = {
@@ -44,9 +65,9 @@ def committee(mace, dataset):
         }
         _, node = run_get_node(builder)
         assert node.is_finished_ok, node.exit_message
-        cached = _COMMITTEES[dataset.uuid] = {
-            f'member_{i}': model.uuid for i, model in enumerate(committee_members(node))
-        }
+        models = committee_members(node)
+        check_members_differ(node.outputs.committee.get_dict(), models)
+        cached = _COMMITTEES[dataset.uuid] = {f'member_{i}': model.uuid for i, model in enumerate(models)}
     return {key: orm.load_node(uuid) for key, uuid in cached.items()}
 
 
@@ -87,8 +108,10 @@ def test_pool_predict_select(predictor, committee):
         assert [name for name in ('energy', 'force', 'stress') if row[f'{name}_exceeded']] == fired
         assert row['reasons'] == '+'.join(fired)
         assert row['selected'] == bool(fired)
+    # Two different models differ in energy on every candidate (forces can vanish by symmetry in 2-atom cells).
+    assert all(row['sigma_energy'] > 0 for row in rows), [row['sigma_energy'] for row in rows]
     selected = [row for row in rows if row['selected']]
-    assert len(selected) > 2, 'the committee should disagree on most candidates'
+    assert len(selected) > 2, 'DIRECT runs only with more selected candidates than its 2 x 1 picks'
     kept = [row for row in rows if row['downsampled']]
     assert len(kept) == 2
     assert all(row['selected'] for row in kept)
@@ -97,13 +120,16 @@ def test_pool_predict_select(predictor, committee):
     assert len(structures) == 2
     summary = results['summary'].get_dict()
     assert summary['direct']['run'] and summary['n_selected'] == len(selected)
+    kept_rows = {row['id']: row for row in kept}
     for structure in structures:
         extras = structure.base.extras.all
-        assert extras['mad_al_reason'] == {row['id']: row for row in kept}[extras['mad_candidate_id']]['reasons']
+        assert extras['mad_candidate_id'] in kept_rows
+        row = kept_rows[extras['mad_candidate_id']]
+        assert extras['mad_al_reason'] == row['reasons']
         assert extras['mad_al_iteration'] == 7
         assert extras['mad_pool'] == pool.uuid
-        assert extras['mad_al_sigmas']['force'] > 0
-        assert extras['mad_candidate_id'] in {row['id'] for row in kept}
+        assert extras['mad_al_sigmas']['energy'] == pytest.approx(row['sigma_energy'])
+        assert extras['mad_al_sigmas']['energy'] > 0
         creator = structure.creator
         assert creator.inputs.pool.uuid == pool.uuid
         assert creator.inputs.committee.uuid == committee_arrays.uuid
