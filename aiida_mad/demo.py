@@ -12,7 +12,10 @@
 5. ``export``: the ``xyz`` exports and the Materials Cloud record folder (with its HTML report);
 6. ``training``: a tiny PET model (``TrainWorkChain``, protocol ``tiny``), when a metatrain code is given;
 7. ``evaluate``: its errors per subset and rotational symmetry error on the dataset's test split
-   (``EvaluateWorkChain`` with the ``aiida-mad-predict`` code of the training code's computer), with the training.
+   (``EvaluateWorkChain`` with the ``aiida-mad-predict`` code of the training code's computer), with the training;
+8. ``active-learning``: one iteration of ``ActiveLearningWorkChain`` on the dataset (:data:`ACTIVE_LEARNING`): a
+   committee of 2 tiny MACE models, a pool of 20 MP-ALOE candidates, at most 2 of them labelled with the ``demo``
+   protocol; with the training, and skipped (one line) when the training code's computer has no ``mad.mace`` code.
 
 Every stage first looks at what exists (groups, generation keys, finished work chains, the dataset by name, folders
 with the export marker) and does only what is missing, so that a re-run after an interruption repeats nothing. The
@@ -47,7 +50,10 @@ __all__ = (
 )
 
 #: The stages, in the order they run.
-STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate')
+STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate', 'active-learning')
+
+#: The stages that need the training code (they run on its computer).
+TRAINING_STAGES = ('training', 'evaluate', 'active-learning')
 
 #: Prefix of every group of the demo: the demo never mixes with the ``mad/...`` groups of real work.
 GROUP_PREFIX = 'mad-demo'
@@ -105,6 +111,22 @@ TRAINING_EXTRA = 'mad_demo_dataset'
 
 #: Extra on the evaluation work chain the demo submits: the UUID of the model it evaluates.
 EVALUATION_EXTRA = 'mad_demo_model'
+
+#: Extra on the active-learning work chain the demo submits: the UUID of the dataset it starts from.
+ACTIVE_LEARNING_EXTRA = 'mad_demo_al_dataset'
+
+#: The active-learning stage: one iteration, a committee of 2 tiny MACE models, 20 MP-ALOE candidates of Si (an
+#: element every committee member knows) with at most 2 atoms, thresholds low enough for the tiny committee to
+#: disagree, DIRECT down to 2 structures to label.
+ACTIVE_LEARNING = {
+    'name': 'mad-demo',
+    'committee_protocol': 'tiny',
+    'members': 2,
+    'pool': {'count': 20, 'batch_size': 20, 'seed': 0, 'prototypes': {'max_atoms': 2}, 'element_pool': ['Si']},
+    'thresholds': {'energy': 1e-4, 'force': 1e-3, 'stress': 1e-4},
+    'direct': {'n_clusters': 2, 'per_cluster': 1},
+    'max_iterations': 1,
+}
 
 #: The record metadata of the demo: a test-grade dataset, described as such.
 RECORD_METADATA = {
@@ -238,11 +260,7 @@ class Demo:
         if until is not None and until not in STAGES:
             raise DemoError(f'unknown stage {until!r}: choose one of {", ".join(STAGES)}')
         last = STAGES.index(until) if until is not None else len(STAGES) - 1
-        steps = [
-            stage
-            for stage in STAGES[: last + 1]
-            if stage not in ('training', 'evaluate') or self.train_code is not None
-        ]
+        steps = [stage for stage in STAGES[: last + 1] if stage not in TRAINING_STAGES or self.train_code is not None]
         for number, stage in enumerate(steps, start=1):
             self.report(f'[{number}/{len(steps)}] {stage}: {STAGE_DESCRIPTIONS[stage]}')
             start = self._stage_start = time.monotonic()
@@ -587,6 +605,71 @@ class Demo:
             )
         return f'EvaluateWorkChain<{node.pk}>: {_evaluation_summary(node.outputs.table)}'
 
+    def stage_active_learning(self) -> str:
+        """Run one tiny active-learning iteration on the dataset (:data:`ACTIVE_LEARNING`), unless one finished."""
+        from aiida.engine import submit
+
+        from aiida_mad.workflows.active_learning import ActiveLearningWorkChain
+        from aiida_mad.workflows.dataset import load_dataset
+
+        dataset = self.result.dataset or load_dataset(DATASET_NAME)
+        computer = self.train_code.computer
+        mace = mace_code(computer)
+        if mace is None:
+            return (
+                f'skipped: no mace_run_train code (plugin mad.mace) on computer {computer.label}: make it with '
+                f'`aiida-mad setup {computer.label}`'
+            )
+
+        def submitted():
+            query = orm.QueryBuilder().append(
+                orm.WorkflowNode,
+                filters={
+                    'process_type': ActiveLearningWorkChain.build_process_type(),
+                    f'extras.{ACTIVE_LEARNING_EXTRA}': dataset.uuid,
+                },
+            )
+            return query.all(flat=True)
+
+        def line():
+            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
+            return f'ActiveLearningWorkChain {", ".join(states)}'
+
+        finished = [node for node in submitted() if node.is_finished_ok]
+        if not [node for node in submitted() if not node.is_terminated] and not finished:
+            settings = {key: value for key, value in ACTIVE_LEARNING.items() if key != 'max_iterations'}
+            try:
+                builder = ActiveLearningWorkChain.get_builder_from_protocol(
+                    dataset,
+                    mace_code=mace,
+                    predict_code=predict_code(computer),
+                    pw_code=self.code,
+                    dft_protocol=PROTOCOL,
+                    max_iterations=ACTIVE_LEARNING['max_iterations'],
+                    max_concurrent=self.max_concurrent,
+                    dft_options=self.options,
+                    **settings,
+                )
+            except ValueError as exception:
+                raise DemoError(f'active-learning: {exception}') from None
+            builder.dft.pseudo_family = orm.Str(self.pseudo_family)
+            builder.final_retrain = orm.Bool(False)
+            submit(builder).base.extras.set(ACTIVE_LEARNING_EXTRA, dataset.uuid)
+        self._wait('active-learning', submitted, line)
+        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
+        if not node.is_finished_ok:
+            raise DemoError(
+                f'active-learning: ActiveLearningWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}; '
+                f'inspect it with `verdi process report {node.pk}`'
+            )
+        (entry,) = node.outputs.record.get_dict()['iterations']
+        done = 'finished' if finished else 'finished now'
+        return (
+            f'ActiveLearningWorkChain<{node.pk}> {done}: {entry["candidates"]} candidates, {entry["selected"]} '
+            f'selected, {entry["downsampled"]} downsampled, {entry["labelled"]} labelled, {entry["failed"]} failed; '
+            f'dataset {node.outputs.dataset.name}<{node.outputs.dataset.pk}>'
+        )
+
 
 #: One line per stage, printed when it starts.
 STAGE_DESCRIPTIONS = {
@@ -597,6 +680,10 @@ STAGE_DESCRIPTIONS = {
     'export': 'extended XYZ, AiiDA archives, chemiscope files, the record folder and its HTML report',
     'training': f'a tiny PET model (protocol {TRAINING_PROTOCOL})',
     'evaluate': 'errors of the model per subset and its rotational symmetry error (mad.evaluate)',
+    'active-learning': (
+        f'one iteration of active learning: {ACTIVE_LEARNING["members"]} tiny MACE models, '
+        f'{ACTIVE_LEARNING["pool"]["count"]} candidates, at most 2 labelled'
+    ),
 }
 
 
@@ -657,6 +744,14 @@ def _evaluation_summary(table: orm.Dict) -> str:
         f'{overall["n_frames"]} frames ({table["split"]}), energy MAE {shown("energy_mae", "meV/atom")}, forces MAE '
         f'{shown("forces_mae", "meV/Å")}, rotational std {shown("rotation_std", "meV/atom", 3)} (table {table.pk})'
     )
+
+
+def mace_code(computer: orm.Computer) -> orm.AbstractCode | None:
+    """Return the ``mace_run_train`` code of ``computer`` (plugin ``mad.mace``, see ``aiida-mad setup``) or None."""
+    query = orm.QueryBuilder().append(orm.Computer, filters={'id': computer.pk}, tag='computer')
+    query.append(orm.InstalledCode, with_computer='computer', filters={'attributes.input_plugin': 'mad.mace'})
+    codes = sorted(query.all(flat=True), key=lambda code: (code.label != 'mace', code.pk))
+    return codes[0] if codes else None
 
 
 def predict_code(computer: orm.Computer) -> orm.AbstractCode:

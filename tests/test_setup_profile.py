@@ -162,7 +162,16 @@ def test_production_profile_postgres_rabbitmq(production_profile):
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     # The whole demo pipeline ran on PostgreSQL and RabbitMQ: every stage reported, down to the trained model.
-    stages = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate')
+    stages = (
+        'structures',
+        'labelling',
+        'isolated-atoms',
+        'dataset',
+        'export',
+        'training',
+        'evaluate',
+        'active-learning',
+    )
     for number, stage in enumerate(stages, start=1):
         assert f'[{number}/{len(stages)}] {stage}' in demo.stdout, demo.stdout
     assert 'aiida-mad dataset show mad-demo' in demo.stdout, demo.stdout

@@ -7,7 +7,7 @@ from . import params
 from .utils import require_daemon
 
 #: The stages of :mod:`aiida_mad.demo`; kept here so that ``--help`` needs no heavy import.
-STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate')
+STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'training', 'evaluate', 'active-learning')
 
 
 @click.command('demo')
@@ -26,9 +26,10 @@ STAGES = ('structures', 'labelling', 'isolated-atoms', 'dataset', 'export', 'tra
     '--train-code',
     default='mtt@localhost',
     show_default=True,
-    help='The metatrain code of the training stage (`aiida-mad setup localhost` makes it).',
+    help='The metatrain code of the training stage (`aiida-mad setup localhost` makes it); the MACE and predict codes '
+    'of the later stages are those of its computer.',
 )
-@click.option('--skip-training', is_flag=True, help='Stop after the export: no training stage.')
+@click.option('--skip-training', is_flag=True, help='Stop after the export: no training, evaluate or active learning.')
 @click.option('--until', type=click.Choice(STAGES), help='Stop after this stage (a later run goes on from there).')
 @click.option(
     '--num-mpiprocs-per-machine',
@@ -43,16 +44,17 @@ def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, 
 
     Stages: bundled seeds and one tiny structure per subset; labelling with the `demo` protocol (the offline family
     at converged-enough cutoffs, 85/340 Ry) through the submission controller; the isolated atoms of the elements
-    present; the dataset `mad-demo`; its exports and record folder with the HTML report; a tiny PET model. A stage
-    skips what exists already, so running the demo again after an interruption goes on where it stopped and repeats
-    nothing. About 10 minutes on 2 cores.
+    present; the dataset `mad-demo`; its exports and record folder with the HTML report; a tiny PET model and its
+    errors; one iteration of active learning (2 tiny MACE models, 20 candidates, at most 2 labelled; skipped without
+    a MACE code). A stage skips what exists already, so running the demo again after an interruption goes on where it
+    stopped and repeats nothing. About 12 minutes on 2 cores.
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     from aiida_mad.demo import DATASET_NAME, DFT_GROUP, PROTOCOL, STRUCTURES_GROUP, Demo, DemoError
 
-    training = not skip_training and until in (None, 'training', 'evaluate')
+    training = not skip_training and until in (None, 'training', 'evaluate', 'active-learning')
     mtt = None
     if training:
         try:

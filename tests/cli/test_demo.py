@@ -6,8 +6,9 @@ import pytest
 from aiida import orm
 
 from aiida_mad.constants import ALL_SUBSETS, process_type
-from aiida_mad.demo import DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, subset_group_label
+from aiida_mad.demo import ACTIVE_LEARNING, DATASET_NAME, DFT_GROUP, STRUCTURES_GROUP, subset_group_label
 from aiida_mad.export.folders import read_marker
+from aiida_mad.workflows.active_learning import ActiveLearningWorkChain
 from aiida_mad.workflows.evaluate import EvaluateWorkChain
 from aiida_mad.workflows.train import TrainWorkChain
 
@@ -41,7 +42,15 @@ def isolated_atom_elements() -> list[str]:
 @pytest.mark.timeout(2400)
 @pytest.mark.usefixtures('aiida_profile_clean')
 def test_demo_interrupted_then_resumed_repeats_nothing(
-    run_cli_command, pw_code, offline_family, mtt, predictor, started_daemon_client, tmp_path
+    run_cli_command,
+    pw_code,
+    offline_family,
+    mtt,
+    predictor,
+    started_daemon_client,
+    tmp_path,
+    aiida_localhost,
+    aiida_code_installed,
 ):
     output_dir = tmp_path / 'demo'
     args = ['demo', '--code', pw_code.full_label, '--output-dir', output_dir, '--skip-training']
@@ -119,12 +128,13 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     assert 'export and record already there' in third.output
 
     # The training and evaluate stages: a tiny PET on the dataset, its errors per subset (the `predictor` code of the
-    # computer); run again, they train and evaluate nothing more.
+    # computer); the computer has no MACE code yet: the active-learning stage says so and is skipped.
     training = [*args[:-1], '--train-code', mtt.full_label]
     fourth = run_cli_command(training)
     print(fourth.output)
-    assert '[6/7] training' in fourth.output
-    assert '[7/7] evaluate' in fourth.output
+    assert '[6/8] training' in fourth.output
+    assert '[7/8] evaluate' in fourth.output
+    assert '[8/8] active-learning: skipped: no mace_run_train code (plugin mad.mace) on computer' in fourth.output
     assert count_nodes(orm.CalcJobNode, PW_PROCESS_TYPE) == pw_jobs + len(elements)
     (train,) = (
         orm.QueryBuilder()
@@ -133,10 +143,38 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     )
     assert train.is_finished_ok, train.exit_message
     assert train.inputs.metatrain.dataset.uuid == dataset.uuid
-    nodes = count_nodes(orm.Node)
+    assert count_nodes(orm.WorkflowNode, ActiveLearningWorkChain.build_process_type()) == 0
+
+    # With a MACE code: training and evaluate find their work done, one iteration of active learning runs.
+    from tests.training import mace_code
+
+    mace_code(aiida_localhost, aiida_code_installed)
+    evaluations = count_nodes(orm.WorkflowNode, EvaluateWorkChain.build_process_type())
     fifth = run_cli_command(training)
-    assert count_nodes(orm.Node) == nodes
+    print(fifth.output)
     assert f'TrainWorkChain<{train.pk}> finished' in fifth.output
+    assert count_nodes(orm.WorkflowNode, TrainWorkChain.build_process_type()) == 1
+    assert count_nodes(orm.WorkflowNode, EvaluateWorkChain.build_process_type()) == evaluations
+    (learning,) = (
+        orm.QueryBuilder()
+        .append(orm.WorkflowNode, filters={'process_type': ActiveLearningWorkChain.build_process_type()})
+        .all(flat=True)
+    )
+    assert learning.is_finished_ok, f'{learning.exit_status} {learning.exit_message}'
+    assert learning.inputs.dataset.uuid == dataset.uuid
+    (entry,) = learning.outputs.record.get_dict()['iterations']
+    assert 0 < entry['candidates'] <= ACTIVE_LEARNING['pool']['count']
+    assert entry['downsampled'] <= 2
+    assert entry['labelled'] + entry['failed'] == entry['downsampled']
+    assert learning.outputs.dataset.n_frames == dataset.n_frames + entry['labelled']
+    assert f'ActiveLearningWorkChain<{learning.pk}> finished now: {entry["candidates"]} candidates' in fifth.output
+
+    # Once more: nothing is trained, evaluated, generated or labelled again.
+    nodes = count_nodes(orm.Node)
+    sixth = run_cli_command(training)
+    assert count_nodes(orm.Node) == nodes
+    assert f'TrainWorkChain<{train.pk}> finished' in sixth.output
+    assert f'ActiveLearningWorkChain<{learning.pk}> finished: ' in sixth.output
     (evaluation,) = (
         orm.QueryBuilder()
         .append(orm.WorkflowNode, filters={'process_type': EvaluateWorkChain.build_process_type()})
@@ -145,7 +183,7 @@ def test_demo_interrupted_then_resumed_repeats_nothing(
     assert evaluation.is_finished_ok, evaluation.exit_message
     assert evaluation.inputs.model.uuid == train.outputs.model.uuid
     assert evaluation.outputs.table['overall']['n_frames'] >= 1
-    assert f'model {train.outputs.model.pk} already evaluated' in fifth.output
+    assert f'model {train.outputs.model.pk} already evaluated' in sixth.output
 
 
 @pytest.mark.usefixtures('aiida_profile_clean')
