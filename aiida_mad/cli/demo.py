@@ -47,7 +47,7 @@ def cmd_demo(code, pseudo_family, output_dir, train_code, skip_training, until, 
     present; the dataset `mad-demo`; its exports and record folder with the HTML report; a tiny PET model and its
     errors; one iteration of active learning (2 tiny MACE models, 20 candidates, at most 2 labelled; skipped without
     a MACE code). A stage skips what exists already, so running the demo again after an interruption goes on where it
-    stopped and repeats nothing. About 12 minutes on 2 cores.
+    stopped and repeats nothing. About 10 minutes on 2 cores.
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
