@@ -603,7 +603,9 @@ def test_implausible_structures_refused(pw_code, offline_family, atoms, message)
 
 
 def test_unknown_protocol_lists_the_available_ones(pw_code, offline_family, silicon):
-    with pytest.raises(ValueError, match=r'unknown protocol `precise`: available protocols are demo, fast, mad, mad-dos'):
+    with pytest.raises(
+        ValueError, match=r'unknown protocol `precise`: available protocols are demo, fast, mad, mad-dos'
+    ):
         MadDftWorkChain.get_builder_from_protocol(pw_code, silicon, 'precise')
 
 
