@@ -253,6 +253,57 @@ class Demo:
                 )
             time.sleep(self.interval)
 
+    def _work_chains(self, process_type_: str, extra: str, value: str) -> list[orm.WorkflowNode]:
+        """Return the work chains of type ``process_type_`` that the demo marked with ``extra`` = ``value``."""
+        query = orm.QueryBuilder().append(
+            orm.WorkflowNode, filters={'process_type': process_type_, f'extras.{extra}': value}
+        )
+        return query.all(flat=True)
+
+    def _run_once(
+        self, stage: str, process_class: type, extra: str, value: str, builder: Callable[[], object]
+    ) -> tuple[orm.WorkflowNode, bool]:
+        """Run one work chain of ``process_class`` for ``value`` through the daemon, unless one runs or finished.
+
+        The work chains of the class marked with the extra ``extra`` = ``value`` are the stage's: when none is running
+        and none finished, ``builder()`` is submitted and marked; then every one of them is waited for, with a progress
+        line whenever their states change, and the finished one (else the newest) is taken.
+
+        :param stage: the stage, named in the progress and the errors.
+        :param builder: returns the builder to submit; called only when submitting (a ``ValueError`` it raises fails the
+            stage with its message).
+        :return: the work chain and whether it had finished before this run.
+        :raises DemoError: if the builder cannot be made, or if the work chain taken did not finish successfully (the
+            message names it and the command to inspect it).
+        """
+        from aiida.engine import submit
+
+        name = process_class.__name__
+
+        def submitted() -> list[orm.WorkflowNode]:
+            return self._work_chains(process_class.build_process_type(), extra, value)
+
+        def line() -> str:
+            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
+            return f'{name} {", ".join(states)}'
+
+        nodes = submitted()
+        finished = any(node.is_finished_ok for node in nodes)
+        if not finished and all(node.is_terminated for node in nodes):
+            try:
+                made = builder()
+            except ValueError as exception:
+                raise DemoError(f'{stage}: {exception}') from None
+            submit(made).base.extras.set(extra, value)
+        self._wait(stage, submitted, line)
+        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
+        if not node.is_finished_ok:
+            raise DemoError(
+                f'{stage}: {name}<{node.pk}> failed: {node.exit_status} {node.exit_message}; inspect it with '
+                f'`verdi process report {node.pk}`'
+            )
+        return node, finished
+
     # -- stages ------------------------------------------------------------------------------------------------------
 
     def run(self, *, until: str | None = None) -> DemoResult:
@@ -402,14 +453,7 @@ class Demo:
         )
 
         def submitted():
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode,
-                filters={
-                    'process_type': process_type('mad.dft.isolated_atoms'),
-                    f'extras.{ISOLATED_ATOMS_EXTRA}': fingerprint,
-                },
-            )
-            return query.all(flat=True)
+            return self._work_chains(process_type('mad.dft.isolated_atoms'), ISOLATED_ATOMS_EXTRA, fingerprint)
 
         def line():
             energies = find_atomic_energies(fingerprint)[1]
@@ -510,50 +554,24 @@ class Demo:
 
     def stage_training(self) -> str:
         """Train a tiny PET model on the dataset through ``TrainWorkChain``, unless one was trained already."""
-        from aiida.engine import submit
-
         from aiida_mad.workflows.dataset import load_dataset
         from aiida_mad.workflows.train import TrainWorkChain
 
         dataset = self.result.dataset or load_dataset(DATASET_NAME)
-
-        def submitted():
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode,
-                filters={
-                    'process_type': TrainWorkChain.build_process_type(),
-                    f'extras.{TRAINING_EXTRA}': dataset.uuid,
-                },
-            )
-            return query.all(flat=True)
-
-        def line():
-            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
-            return f'TrainWorkChain {", ".join(states)}'
-
-        finished = [node for node in submitted() if node.is_finished_ok]
-        if not [node for node in submitted() if not node.is_terminated] and not finished:
-            try:
-                builder = TrainWorkChain.get_builder_from_protocol(
-                    self.train_code, dataset, TRAINING_PROTOCOL, name=DATASET_NAME
-                )
-            except ValueError as exception:
-                raise DemoError(f'training: {exception}') from None
-            submit(builder).base.extras.set(TRAINING_EXTRA, dataset.uuid)
-        self._wait('training', submitted, line)
-        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
+        node, _ = self._run_once(
+            'training',
+            TrainWorkChain,
+            TRAINING_EXTRA,
+            dataset.uuid,
+            lambda: TrainWorkChain.get_builder_from_protocol(
+                self.train_code, dataset, TRAINING_PROTOCOL, name=DATASET_NAME
+            ),
+        )
         self.result.training = node
-        if not node.is_finished_ok:
-            raise DemoError(
-                f'training: TrainWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}; inspect it with '
-                f'`verdi process report {node.pk}`'
-            )
         return f'TrainWorkChain<{node.pk}> finished: model {node.outputs.model.pk}'
 
     def stage_evaluate(self) -> str:
         """Evaluate the demo's model on the dataset's test split (``mad.evaluate``), unless evaluated already."""
-        from aiida.engine import submit
-
         from aiida_mad.workflows.dataset import load_dataset
         from aiida_mad.workflows.evaluate import EvaluateWorkChain, evaluation_tables
         from aiida_mad.workflows.train import TrainWorkChain
@@ -561,14 +579,8 @@ class Demo:
         dataset = self.result.dataset or load_dataset(DATASET_NAME)
         training = self.result.training
         if training is None:
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode,
-                filters={
-                    'process_type': TrainWorkChain.build_process_type(),
-                    f'extras.{TRAINING_EXTRA}': dataset.uuid,
-                },
-            )
-            finished = [node for node in query.all(flat=True) if node.is_finished_ok]
+            trainings = self._work_chains(TrainWorkChain.build_process_type(), TRAINING_EXTRA, dataset.uuid)
+            finished = [node for node in trainings if node.is_finished_ok]
             if not finished:
                 raise DemoError('evaluate: no finished training of the demo dataset: run the training stage first')
             training = max(finished, key=lambda node: node.ctime)
@@ -577,38 +589,16 @@ class Demo:
         if tables:
             return f'model {model.pk} already evaluated: {_evaluation_summary(tables[0])}'
 
-        def submitted():
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode,
-                filters={
-                    'process_type': EvaluateWorkChain.build_process_type(),
-                    f'extras.{EVALUATION_EXTRA}': model.uuid,
-                },
-            )
-            return query.all(flat=True)
-
-        def line():
-            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
-            return f'EvaluateWorkChain {", ".join(states)}'
-
-        if not [node for node in submitted() if not node.is_terminated]:
+        def builder():
             code = predict_code(self.train_code.computer)
             split = 'test' if any(counts.get('test', 0) for counts in dataset.counts.values()) else 'all'
-            builder = EvaluateWorkChain.get_builder_for(model, code=code, dataset=dataset, split=split)
-            submit(builder).base.extras.set(EVALUATION_EXTRA, model.uuid)
-        self._wait('evaluate', submitted, line)
-        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
-        if not node.is_finished_ok:
-            raise DemoError(
-                f'evaluate: EvaluateWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}; inspect it '
-                f'with `verdi process report {node.pk}`'
-            )
+            return EvaluateWorkChain.get_builder_for(model, code=code, dataset=dataset, split=split)
+
+        node, _ = self._run_once('evaluate', EvaluateWorkChain, EVALUATION_EXTRA, model.uuid, builder)
         return f'EvaluateWorkChain<{node.pk}>: {_evaluation_summary(node.outputs.table)}'
 
     def stage_active_learning(self) -> str:
         """Run one tiny active-learning iteration on the dataset (:data:`ACTIVE_LEARNING`), unless one finished."""
-        from aiida.engine import submit
-
         from aiida_mad.workflows.active_learning import ActiveLearningWorkChain
         from aiida_mad.workflows.dataset import load_dataset
 
@@ -621,47 +611,26 @@ class Demo:
                 f'`aiida-mad setup {computer.label}`'
             )
 
-        def submitted():
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode,
-                filters={
-                    'process_type': ActiveLearningWorkChain.build_process_type(),
-                    f'extras.{ACTIVE_LEARNING_EXTRA}': dataset.uuid,
-                },
-            )
-            return query.all(flat=True)
-
-        def line():
-            states = [node.process_state.value if node.process_state else 'created' for node in submitted()]
-            return f'ActiveLearningWorkChain {", ".join(states)}'
-
-        finished = [node for node in submitted() if node.is_finished_ok]
-        if not [node for node in submitted() if not node.is_terminated] and not finished:
+        def builder():
             settings = {key: value for key, value in ACTIVE_LEARNING.items() if key != 'max_iterations'}
-            try:
-                builder = ActiveLearningWorkChain.get_builder_from_protocol(
-                    dataset,
-                    mace_code=mace,
-                    predict_code=predict_code(computer),
-                    pw_code=self.code,
-                    dft_protocol=PROTOCOL,
-                    max_iterations=ACTIVE_LEARNING['max_iterations'],
-                    max_concurrent=self.max_concurrent,
-                    dft_options=self.options,
-                    **settings,
-                )
-            except ValueError as exception:
-                raise DemoError(f'active-learning: {exception}') from None
-            builder.dft.pseudo_family = orm.Str(self.pseudo_family)
-            builder.final_retrain = orm.Bool(False)
-            submit(builder).base.extras.set(ACTIVE_LEARNING_EXTRA, dataset.uuid)
-        self._wait('active-learning', submitted, line)
-        node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
-        if not node.is_finished_ok:
-            raise DemoError(
-                f'active-learning: ActiveLearningWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}; '
-                f'inspect it with `verdi process report {node.pk}`'
+            made = ActiveLearningWorkChain.get_builder_from_protocol(
+                dataset,
+                mace_code=mace,
+                predict_code=predict_code(computer),
+                pw_code=self.code,
+                dft_protocol=PROTOCOL,
+                max_iterations=ACTIVE_LEARNING['max_iterations'],
+                max_concurrent=self.max_concurrent,
+                dft_options=self.options,
+                **settings,
             )
+            made.dft.pseudo_family = orm.Str(self.pseudo_family)
+            made.final_retrain = orm.Bool(False)
+            return made
+
+        node, finished = self._run_once(
+            'active-learning', ActiveLearningWorkChain, ACTIVE_LEARNING_EXTRA, dataset.uuid, builder
+        )
         (entry,) = node.outputs.record.get_dict()['iterations']
         done = 'finished' if finished else 'finished now'
         return (

@@ -60,3 +60,78 @@ def test_structures_stage_is_idempotent_and_uses_the_family(pw_code, offline_fam
     assert orm.QueryBuilder().append(orm.Node).count() == nodes
     assert '0 seeds and 0 generated structures stored now' in again[-1]
     assert STAGES[0] == 'structures'
+
+
+def marked_work_chain(state, extra: str, value: str, exit_status: int | None = None) -> orm.WorkflowNode:
+    """Store a ``TrainWorkChain`` node in ``state`` marked as the demo marks what it submits."""
+    from aiida_mad.workflows.train import TrainWorkChain
+
+    node = orm.WorkflowNode()
+    node.set_process_type(TrainWorkChain.build_process_type())
+    node.set_process_state(state)
+    if exit_status is not None:
+        node.set_exit_status(exit_status)
+    node.store()
+    node.base.extras.set(extra, value)
+    return node
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_run_once_takes_a_finished_work_chain_and_submits_nothing(pw_code, offline_family, tmp_path):
+    from plumpy import ProcessState
+
+    from aiida_mad.workflows.train import TrainWorkChain
+
+    failed = marked_work_chain(ProcessState.FINISHED, 'mad_demo_test', 'a', exit_status=300)
+    done = marked_work_chain(ProcessState.FINISHED, 'marked', 'a', exit_status=0)
+    done.base.extras.set('mad_demo_test', 'a')
+    marked_work_chain(ProcessState.FINISHED, 'mad_demo_test', 'other', exit_status=0)
+    lines = []
+    demo = Demo(pw_code, offline_family.label, tmp_path, interval=0.1, report=lines.append)
+
+    def builder():
+        raise AssertionError('submitted although one finished')
+
+    nodes = orm.QueryBuilder().append(orm.Node).count()
+    node, finished = demo._run_once('training', TrainWorkChain, 'mad_demo_test', 'a', builder)
+    assert (node.pk, finished) == (done.pk, True)
+    assert failed.pk != node.pk
+    assert orm.QueryBuilder().append(orm.Node).count() == nodes
+    assert lines == ['  TrainWorkChain finished, finished (0 s)']
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_run_once_tries_a_failed_one_again_and_names_what_fails(pw_code, offline_family, tmp_path):
+    from plumpy import ProcessState
+
+    from aiida_mad.workflows.train import TrainWorkChain
+
+    marked_work_chain(ProcessState.FINISHED, 'mad_demo_test', 'a', exit_status=300)
+    demo = Demo(pw_code, offline_family.label, tmp_path, report=lambda line: None)
+    tried = []
+
+    def builder():
+        tried.append(True)
+        raise ValueError('no such protocol tiny-x')
+
+    with pytest.raises(DemoError, match=r'^training: no such protocol tiny-x$'):
+        demo._run_once('training', TrainWorkChain, 'mad_demo_test', 'a', builder)
+    assert tried == [True]
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_run_once_waits_for_a_running_one_and_gives_up_after_the_timeout(pw_code, offline_family, tmp_path):
+    from plumpy import ProcessState
+
+    from aiida_mad.workflows.train import TrainWorkChain
+
+    running = marked_work_chain(ProcessState.RUNNING, 'mad_demo_test', 'a')
+    lines = []
+    demo = Demo(pw_code, offline_family.label, tmp_path, timeout=0.2, interval=0.1, report=lines.append)
+
+    def builder():
+        raise AssertionError('submitted although one runs')
+
+    with pytest.raises(DemoError, match=rf'^evaluate: still running after 0 s \({running.pk}\); they go on'):
+        demo._run_once('evaluate', TrainWorkChain, 'mad_demo_test', 'a', builder)
+    assert lines[0].startswith('  TrainWorkChain running (')
