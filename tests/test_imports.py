@@ -34,6 +34,7 @@ PURE = (
     'aiida_mad.inference',
     'aiida_mad.learning',
     'aiida_mad.parallelization',
+    'aiida_mad.scripts',
     'aiida_mad.structures',
     'aiida_mad.units',
 )
@@ -49,6 +50,7 @@ LAYERS = {
     'inference': 0,
     'learning': 0,
     'parallelization': 0,
+    'scripts': 0,
     'structures': 0,
     'units': 0,
     'calculations': 1,

@@ -15,12 +15,13 @@ not a model, an element the model does not know, an unknown parameter), with the
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
 import sys
 import time
+
+from aiida_mad.scripts import run_script
 
 __all__ = ('DEFAULT_OUTPUT', 'main', 'run')
 
@@ -110,23 +111,25 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """Entry point of ``aiida-mad-benchmark``."""
-    parser = argparse.ArgumentParser(prog='aiida-mad-benchmark', description=__doc__.splitlines()[0])
-    parser.add_argument('config', type=pathlib.Path, help='the benchmark.json written by mad.benchmark')
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text())
-    try:
-        result = run(config, args.config.resolve().parent)
-    except ValueError as exception:
-        print(f'aiida-mad-benchmark: {exception}', file=sys.stderr)
-        return 2
-    summary = result['summary']
-    print(
-        f'{result["benchmark"]}: {summary["n_items"]} item(s), {summary["n_failed"]} failed, '
+def summary(result: dict) -> str:
+    """Return the line printed after a run: the benchmark, its items, those that failed, the time."""
+    counts = result['summary']
+    return (
+        f'{result["benchmark"]}: {counts["n_items"]} item(s), {counts["n_failed"]} failed, '
         f'in {result["info"]["seconds_running"]:.3f} s'
     )
-    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aiida-mad-benchmark``."""
+    return run_script(
+        argv,
+        prog='aiida-mad-benchmark',
+        doc=__doc__,
+        config='the benchmark.json written by mad.benchmark',
+        run=run,
+        summary=summary,
+    )
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -25,7 +25,6 @@ with the reason on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -33,6 +32,8 @@ import sys
 import time
 
 import numpy as np
+
+from aiida_mad.scripts import run_script
 
 __all__ = ('INFO_FILE', 'OUTPUT_FILE', 'errors_by_split', 'main', 'run')
 
@@ -175,22 +176,26 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     return info
 
 
-def main(argv=None) -> int:
-    """Entry point of ``aiida-mad-dos-cnn``."""
-    parser = argparse.ArgumentParser(prog='aiida-mad-dos-cnn', description=__doc__.splitlines()[0])
-    parser.add_argument('config', type=pathlib.Path, help='the dos-cnn.json written by mad.dos_cnn')
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text())
-    try:
-        info = run(config, args.config.resolve().parent)
-    except ValueError as exception:
-        print(f'aiida-mad-dos-cnn: {exception}', file=sys.stderr)
-        return 2
+def summary(info: dict) -> str:
+    """Return the lines printed after a run: per target its epochs, best epoch and test MAE."""
+    lines = []
     for target, record in info['targets'].items():
         test = record['errors']['test']
         shown = f'test MAE {test["mae"]:.4f} eV' if test['n'] else 'no test structure'
-        print(f'{target}: {record["epochs"]} epochs (best {record["best_epoch"]}), {shown}')
-    return 0
+        lines.append(f'{target}: {record["epochs"]} epochs (best {record["best_epoch"]}), {shown}')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aiida-mad-dos-cnn``."""
+    return run_script(
+        argv,
+        prog='aiida-mad-dos-cnn',
+        doc=__doc__,
+        config='the dos-cnn.json written by mad.dos_cnn',
+        run=run,
+        summary=summary,
+    )
 
 
 if __name__ == '__main__':  # pragma: no cover
