@@ -36,14 +36,21 @@ def extract_dft_results(
     output_trajectory: orm.TrajectoryData,
     output_band: orm.BandsData,
     context: orm.Dict,
+    level_of_theory: orm.Dict | None = None,
 ) -> dict:
     """Return energy, forces, stress, DOS and a properties table in Å / eV units from a finished pw.x run.
 
-    ``context`` carries what the work chain decided before the run (fingerprint, level of theory,
-    dimensionality, parallelization, outlier threshold) so that it is stored next to the numbers it qualifies.
+    ``context`` carries what the work chain decided before the run (fingerprint, dimensionality, parallelization,
+    outlier threshold, subset) so that it is stored next to the numbers it qualifies. ``level_of_theory`` is the
+    level of theory of the fingerprint: one node per fingerprint, shared by every run (see
+    :func:`aiida_mad.workflows.dft.level_of_theory_node`), so that its table of pseudopotential md5s is stored once
+    per campaign in the inputs and once per result in ``properties``. Results stored before it was shared carry the
+    level of theory in ``context`` instead; both give the same ``properties``.
     """
     parameters = output_parameters.get_dict()
     info = context.get_dict()
+    if level_of_theory is not None:
+        info['level_of_theory'] = level_of_theory.get_dict()
     natoms = len(structure.sites)
 
     energy = float(parameters['energy'])

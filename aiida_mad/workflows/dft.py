@@ -542,7 +542,6 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
         context = orm.Dict(
             {
                 'fingerprint': self.ctx.fingerprint,
-                'level_of_theory': self.ctx.level_of_theory,
                 'dimensionality': self.ctx.dimensionality,
                 'parallelization': self.ctx.parallelization,
                 'outlier_max_force': self.inputs.outlier_max_force.value,
@@ -555,6 +554,7 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
             scf.outputs.output_trajectory,
             scf.outputs.output_band,
             context,
+            level_of_theory_node(self.ctx.fingerprint, self.ctx.level_of_theory),
             metadata={'call_link_label': 'extract_dft_results'},
         )
         results['structure'] = self.ctx.structure
@@ -577,6 +577,28 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers shared by the work chain, the controller and the CLI
+
+
+#: Label of the ``Dict`` that holds the level of theory of one fingerprint (followed by the fingerprint).
+LEVEL_OF_THEORY_LABEL = 'mad level of theory'
+
+
+def level_of_theory_node(key: str, theory: dict) -> orm.Dict:
+    """Return the stored ``Dict`` of the level of theory of fingerprint ``key``, shared by its runs, or a new one.
+
+    The level of theory holds the md5 of every pseudopotential of the family (about 3.4 kB for 72 elements): the
+    input ``level_of_theory`` of ``extract_dft_results`` is this one node per fingerprint (label
+    ``mad level of theory <fingerprint>``) instead of a copy per structure. A node whose content differs (it cannot
+    be edited once stored, but a label can) is never reused: a new one is made.
+    """
+    label = f'{LEVEL_OF_THEORY_LABEL} {key}'
+    query = orm.QueryBuilder().append(orm.Dict, filters={'label': label}, project='*')
+    for (node,) in query.iterall():
+        if node.get_dict() == theory:
+            return node
+    node = orm.Dict(theory)
+    node.label = label
+    return node
 
 
 def load_family(label: str):
