@@ -21,8 +21,8 @@ import tempfile
 import time
 
 import numpy as np
-from bench_predict import TINY, cu_frames, train_direct
-from common import Row, local_code, temporary_profile, timed_run
+from bench_predict import TINY, ase_one_at_a_time, train_direct
+from common import Row, cu_frames, local_code, temporary_profile, timed_run
 
 N_FRAMES = 256
 TRAIN_FRAMES = 16
@@ -38,25 +38,20 @@ def ase_table(model, frames, matrices=None) -> float:
 
     calculator = model.ase_calculator()
     start = time.perf_counter()
-    energies, forces, stresses, spreads = [], [], [], []
-    for frame in frames:
-        atoms = frame.copy()
-        atoms.calc = calculator
-        energies.append(atoms.get_potential_energy() / len(atoms))
-        forces.append(atoms.get_forces())
-        stresses.append(atoms.get_stress(voigt=False))
-        if matrices is not None:
-            rotated = []
-            for copy in rotated_copies(frame, matrices):
-                copy.calc = calculator
-                rotated.append(copy.get_potential_energy() / len(copy))
-            spreads.append(rotation_std(np.array([rotated]))[0])
+    energies, forces, stresses = ase_one_at_a_time(calculator, frames)
+    spreads = []
+    for frame in frames if matrices is not None else ():
+        rotated = []
+        for copy in rotated_copies(frame, matrices):
+            copy.calc = calculator
+            rotated.append(copy.get_potential_energy() / len(copy))
+        spreads.append(rotation_std(np.array([rotated]))[0])
     error_table(
         FrameSet(
             subsets=[frame.info['subset'] for frame in frames],
             natoms=np.array([len(frame) for frame in frames]),
             energy_reference=np.array([frame.info['energy'] / len(frame) for frame in frames]),
-            energy_predicted=np.array(energies),
+            energy_predicted=np.array(energies) / np.array([len(frame) for frame in frames]),
             forces_reference=np.concatenate([frame.arrays['forces'] for frame in frames]),
             forces_predicted=np.concatenate(forces),
             stress_reference=np.array([frame.info['stress'] for frame in frames]),

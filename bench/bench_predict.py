@@ -23,9 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
-from common import Row, local_code, temporary_profile, timed_run
+from common import Row, cu_e0, cu_frames, local_code, overhead_row, temporary_profile, timed_run
 
 N_STRUCTURES = 256
 BATCH = 32
@@ -47,47 +46,6 @@ TINY = {
 }
 WIDER = {**TINY, 'num_channels': 32, 'max_L': 1, 'r_max': 5.0}
 BIN = pathlib.Path(sys.executable).parent
-
-
-def cu_frames(count: int, offset: int = 0):
-    """Return ``count`` rattled fcc Cu cells (4 to 32 atoms) labelled by ASE's EMT, as frames of the dataset model."""
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-
-    from aiida_mad.dataset.frames import make_frame
-
-    shapes = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)]
-    result = []
-    for index in range(offset, offset + count):
-        atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(shapes[index % 4])
-        atoms.rattle(0.05, seed=index)
-        atoms.calc = EMT()
-        result.append(
-            make_frame(
-                atoms.numbers,
-                atoms.positions,
-                cell=atoms.cell.array,
-                pbc=True,
-                energy=atoms.get_potential_energy(),
-                forces=atoms.get_forces(),
-                stress=atoms.get_stress(voigt=False),
-                subset='mc3d-rattled',
-                split=('train', 'train', 'val', 'test')[index % 4],
-                source_uuid=str(uuid.UUID(int=index + 1)),
-                fingerprint='bench-emt-cu',
-            )
-        )
-    return result
-
-
-def cu_e0() -> float:
-    """Return EMT's energy of an isolated Cu atom (the baseline of the synthetic dataset)."""
-    from ase import Atoms
-    from ase.calculators.emt import EMT
-
-    atom = Atoms('Cu', cell=[10, 10, 10])
-    atom.calc = EMT()
-    return float(atom.get_potential_energy())
 
 
 def write_config(folder: pathlib.Path, parameters: dict, epochs: int, *, has_test: bool = False) -> None:
@@ -118,15 +76,22 @@ def train_direct(folder: pathlib.Path, frames, parameters: dict, epochs: int) ->
     return time.perf_counter() - start
 
 
-def _one_at_a_time(calculator, structures) -> float:
-    """Return the seconds the ASE calculator takes for energy, forces and stress of every structure, in turn."""
-    start = time.perf_counter()
+def ase_one_at_a_time(calculator, structures) -> tuple[list, list, list]:
+    """Return the energies, forces and stresses (3x3) that the ASE calculator gives for each structure, in turn."""
+    energies, forces, stresses = [], [], []
     for frame in structures:
         atoms = frame.copy()
         atoms.calc = calculator
-        atoms.get_potential_energy()
-        atoms.get_forces()
-        atoms.get_stress()
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+        stresses.append(atoms.get_stress(voigt=False))
+    return energies, forces, stresses
+
+
+def _one_at_a_time(calculator, structures) -> float:
+    """Return the seconds the ASE calculator takes for energy, forces and stress of every structure, in turn."""
+    start = time.perf_counter()
+    ase_one_at_a_time(calculator, structures)
     return time.perf_counter() - start
 
 
@@ -190,14 +155,8 @@ def training_row() -> Row:
         _, calcjob = timed_run(builder)
         with tempfile.TemporaryDirectory(prefix='aiida-mad-bench-mace-') as folder:
             direct = train_direct(pathlib.Path(folder), dataset.frames(), TINY, EPOCHS)
-    return Row(
-        name=f'train: mad.mace CalcJob vs mace_run_train ({EPOCHS} epochs, {TRAIN_FRAMES} frames)',
-        ours=calcjob,
-        baseline=direct,
-        unit='s',
-        higher_is_better=False,
-        note=f'CalcJob {calcjob:.1f} s, mace_run_train {direct:.1f} s: {calcjob - direct:+.1f} s of engine overhead',
-    )
+    name = f'train: mad.mace CalcJob vs mace_run_train ({EPOCHS} epochs, {TRAIN_FRAMES} frames)'
+    return overhead_row(name, calcjob, direct, 'mace_run_train')
 
 
 def run() -> list[Row]:

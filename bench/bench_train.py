@@ -15,44 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
-from common import Row, local_code, temporary_profile, timed_run
+from common import Row, cu_frames, local_code, overhead_row, temporary_profile, timed_run
 
 EPOCHS = 10
 FRAMES = 24
-
-
-def frames():
-    """Return ``FRAMES`` rattled fcc Cu frames labelled by ASE's EMT (train, val and test)."""
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-
-    from aiida_mad.dataset.frames import make_frame
-
-    result = []
-    for index in range(FRAMES):
-        atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat((2, 1, 1))
-        atoms.rattle(0.05, seed=index)
-        atoms.calc = EMT()
-        split = ('train', 'train', 'val', 'test')[index % 4]
-        result.append(
-            make_frame(
-                atoms.numbers,
-                atoms.positions,
-                cell=atoms.cell.array,
-                pbc=True,
-                energy=atoms.get_potential_energy(),
-                energy_baseline_subtracted=atoms.get_potential_energy(),
-                forces=atoms.get_forces(),
-                stress=atoms.get_stress(voigt=False),
-                subset='mc3d-rattled',
-                split=split,
-                source_uuid=str(uuid.UUID(int=index + 1)),
-                fingerprint='e' * 64,
-            )
-        )
-    return result
 
 
 def run() -> list[Row]:
@@ -69,7 +36,8 @@ def run() -> list[Row]:
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     with temporary_profile():
         code = local_code('mtt-bench', mtt)
-        dataset = DatasetData(frames(), name='bench-train', seed=0).store()
+        frames = cu_frames(FRAMES, repeats=((2, 1, 1),), fingerprint='e' * 64, baseline_subtracted=True)
+        dataset = DatasetData(frames, name='bench-train', seed=0).store()
         from aiida_mad.calculations.metatrain import MetatrainCalculation
 
         builder = MetatrainCalculation.get_builder()
@@ -89,16 +57,8 @@ def run() -> list[Row]:
             (pathlib.Path(folder) / 'options.yaml').write_text(yaml.safe_dump(options))
             subprocess.run([str(mtt), 'train', 'options.yaml'], cwd=folder, env=env, check=True, capture_output=True)
             direct = time.perf_counter() - start
-    return [
-        Row(
-            name=f'train: CalcJob vs mtt train ({EPOCHS} epochs, {FRAMES} frames)',
-            ours=calcjob,
-            baseline=direct,
-            unit='s',
-            higher_is_better=False,
-            note=f'CalcJob {calcjob:.1f} s, mtt train {direct:.1f} s: {calcjob - direct:+.1f} s of engine overhead',
-        )
-    ]
+    name = f'train: CalcJob vs mtt train ({EPOCHS} epochs, {FRAMES} frames)'
+    return [overhead_row(name, calcjob, direct, 'mtt train')]
 
 
 if __name__ == '__main__':

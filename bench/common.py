@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the result row, a profile to run them in, a local code and a timed run."""
+"""Shared pieces of the benchmarks: the result row, a profile to run them in, a local code, a timed run, EMT frames."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import tempfile
 import time
+import uuid
 
 
 @dataclasses.dataclass
@@ -33,6 +34,18 @@ class Row:
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), 'ratio': self.ratio}
+
+
+def overhead_row(name: str, calcjob: float, direct: float, tool: str) -> Row:
+    """Return the row of a CalcJob's seconds next to the same work run directly by ``tool`` (lower is better)."""
+    return Row(
+        name=name,
+        ours=calcjob,
+        baseline=direct,
+        unit='s',
+        higher_is_better=False,
+        note=f'CalcJob {calcjob:.1f} s, {tool} {direct:.1f} s: {calcjob - direct:+.1f} s of engine overhead',
+    )
 
 
 @contextlib.contextmanager
@@ -115,3 +128,64 @@ def timed_run(builder) -> tuple[object, float]:
     if not node.is_finished_ok:
         raise RuntimeError(f'bench training failed: {node.exit_status} {node.exit_message}')
     return node, seconds
+
+
+#: The cells of :func:`cu_frames`, in turn: the cubic fcc Cu cell repeated, 4 to 32 atoms.
+CU_REPEATS = ((1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2))
+
+
+def cu_frames(
+    count: int,
+    offset: int = 0,
+    *,
+    repeats=CU_REPEATS,
+    fingerprint: str = 'bench-emt-cu',
+    baseline_subtracted: bool = False,
+) -> list:
+    """Return ``count`` rattled fcc Cu cells labelled by ASE's EMT, as frames of the dataset model (no pw.x).
+
+    Frame ``i`` (``offset`` to ``offset + count - 1``) is the cubic cell repeated ``repeats[i % len(repeats)]``,
+    rattled by 0.05 Å with seed ``i``, in the split ``train, train, val, test`` by ``i % 4``, with the source uuid
+    ``UUID(int=i + 1)``: the same ``i`` always gives the same frame.
+
+    :param fingerprint: the frames' level-of-theory fingerprint.
+    :param baseline_subtracted: also set the energy with the baseline subtracted (the total energy: no baseline).
+    """
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from aiida_mad.dataset.frames import make_frame
+
+    result = []
+    for index in range(offset, offset + count):
+        atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(repeats[index % len(repeats)])
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy()
+        result.append(
+            make_frame(
+                atoms.numbers,
+                atoms.positions,
+                cell=atoms.cell.array,
+                pbc=True,
+                energy=energy,
+                **({'energy_baseline_subtracted': energy} if baseline_subtracted else {}),
+                forces=atoms.get_forces(),
+                stress=atoms.get_stress(voigt=False),
+                subset='mc3d-rattled',
+                split=('train', 'train', 'val', 'test')[index % 4],
+                source_uuid=str(uuid.UUID(int=index + 1)),
+                fingerprint=fingerprint,
+            )
+        )
+    return result
+
+
+def cu_e0() -> float:
+    """Return EMT's energy of an isolated Cu atom (the baseline of :func:`cu_frames`)."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    atom = Atoms('Cu', cell=[10, 10, 10])
+    atom.calc = EMT()
+    return float(atom.get_potential_energy())
