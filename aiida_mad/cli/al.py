@@ -4,7 +4,7 @@ import click
 from aiida.cmdline.params import types as core_types
 from aiida.cmdline.utils import decorators, echo
 
-from .params import arguments
+from .params import arguments, types
 from .utils import require_daemon
 
 
@@ -45,14 +45,27 @@ def cmd_al():
 @click.option('-i', '--iterations', type=int, default=3, show_default=True)
 @click.option('-N', '--max-concurrent', type=int, default=4, show_default=True, help='DFT runs at once.')
 @click.option('--rescale/--no-rescale', default=False, show_default=True, help='Rescale thresholds by calibration.')
+@click.option(
+    '--production-code',
+    type=types.CodeParamType(),
+    help='Retrain a production model on every grown dataset with this mad.mace or mad.metatrain (mtt) code.',
+)
+@click.option('--production-protocol', help='Protocol of the production model (e.g. pet-mad, lora, mace-small).')
+@click.option('--finetune', type=types.ModelParamType(), help='Base model the production model fine-tunes (lora).')
 @decorators.with_dbenv()
 def cmd_al_run(dataset, name, mace_code, predict_code, pw_code, protocol, committee_protocol, members, count, **kw):
-    """Submit an active-learning run on DATASET (name, pk or uuid)."""
+    """Submit an active-learning run on DATASET (name, pk or uuid).
+
+    With --production-code, a production model, possibly of another architecture than the MACE committee (e.g. PET),
+    is retrained on every grown dataset.
+    """
     from aiida import orm
     from aiida.engine import submit
 
     from aiida_mad.workflows.active_learning import ActiveLearningWorkChain
 
+    if kw['production_code'] is None and (kw['production_protocol'] or kw['finetune']):
+        raise click.BadParameter('needs --production-code', param_hint='--production-protocol/--finetune')
     pool = {'count': count, 'seed': kw['seed']}
     if kw['elements']:
         pool['element_pool'] = [element.strip() for element in kw['elements'].split(',') if element.strip()]
@@ -71,6 +84,9 @@ def cmd_al_run(dataset, name, mace_code, predict_code, pw_code, protocol, commit
             direct={'n_clusters': kw['clusters'], 'per_cluster': kw['per_cluster']},
             max_iterations=kw['iterations'],
             max_concurrent=kw['max_concurrent'],
+            production_code=kw['production_code'],
+            production_protocol=kw['production_protocol'],
+            production_base_model=kw['finetune'],
         )
     except (ValueError, TypeError) as exception:
         echo.echo_critical(str(exception))
@@ -97,7 +113,10 @@ def _load_run(identifier):
 @click.argument('identifier', metavar='PK')
 @decorators.with_dbenv()
 def cmd_al_status(identifier):
-    """Show, per iteration, candidates, selected, downsampled, labelled, failed, committee errors and calibration."""
+    """Show, per iteration, candidates, selected, downsampled, labelled, failed, committee errors and calibration.
+
+    With a production model, also its architecture, pk and validation force RMSE per iteration.
+    """
     from tabulate import tabulate
 
     from aiida_mad.workflows.active_learning import iteration_rows
@@ -105,6 +124,7 @@ def cmd_al_status(identifier):
     node = _load_run(identifier)
     echo.echo(f'{node.process_label}<{node.pk}> {node.label}: {node.process_state.value}')
     rows = []
+    production = False
     for row in iteration_rows(node):
         calibration = row.get('calibration') or {}
         force_errors = [_force_rmse(member) for member in (row.get('committee_errors') or {}).values()]
@@ -120,8 +140,10 @@ def cmd_al_status(identifier):
                 f'{max(force_errors):.3g}' if force_errors else '-',  # worst member
                 _slope(calibration, 'energy'),
                 _slope(calibration, 'force'),
+                _production(row.get('production')),
             ]
         )
+        production = production or bool(row.get('production'))
     headers = [
         'iteration',
         'candidates',
@@ -132,8 +154,23 @@ def cmd_al_status(identifier):
         'committee F RMSE (val, worst)',
         'E err/sigma',
         'F err/sigma',
+        'production model (F RMSE val)',
     ]
+    if not production:
+        headers.pop()
+        rows = [row[:-1] for row in rows]
     echo.echo(tabulate(rows, headers=headers) if rows else 'no iteration finished yet')
+
+
+def _production(entry: dict | None) -> str:
+    """Return the production model of an iteration: architecture, pk and validation force RMSE."""
+    from aiida import orm
+
+    if not entry:
+        return '-'
+    rmse = _force_rmse(entry.get('errors') or {})
+    shown = f'{rmse:.3g}' if rmse is not None else 'n/a'
+    return f'{entry["architecture"]} {orm.load_node(entry["model"]).pk} ({shown})'
 
 
 def _force_rmse(errors: dict) -> float | None:

@@ -18,20 +18,27 @@ One iteration ``i``:
    only on its structure's uuid and the seed: :mod:`aiida_mad.dataset.splits`);
 7. **calibrate**: the committee's sigmas against its true errors on the new labels
    (:func:`~aiida_mad.calculations.selection.calibrate`); with ``rescale_thresholds`` the next iteration uses the
-   rescaled thresholds.
+   rescaled thresholds;
+8. **production** (optional): the production model, which may be of another architecture than the committee (a
+   MACE committee choosing data for PET), is retrained on the grown dataset: the inputs of ``mad.train.mace``
+   (namespace ``production.mace``) or of ``mad.train`` (``production.metatrain``, where ``base_model`` with the
+   ``lora`` protocol fine-tunes a pretrained model on every grown dataset), without the dataset, which the work chain
+   sets. Its model is the output ``iterations.iteration_<i>.production_model``.
 
 The loop stops after ``max_iterations``, or when the fraction of selected candidates falls below
 ``min_selected_fraction`` (or nothing is selected); with ``final_retrain`` a last committee is trained on the final
 dataset. Outputs: per iteration ``iterations.iteration_<i>`` (``pool``, ``committee_predictions``, ``table``,
-``summary``, ``dataset``, ``calibration``, ``labels`` the record of labelled and failed structures), and ``dataset``,
-``models`` (the last committee) and ``record`` (one entry per iteration, as ``aiida-mad al status`` shows it).
+``summary``, ``dataset``, ``calibration``, ``production_model``, ``labels`` the record of labelled and failed
+structures), and ``dataset``, ``models`` (the last committee), ``production_model`` (the last one trained) and
+``record`` (one entry per iteration, as ``aiida-mad al status`` shows it).
 
 Everything between steps lives in the context as node identifiers and plain numbers, so a daemon restart resumes at
 the step it had reached; finished work (a trained committee, the pool, labelled structures) is not repeated.
 
 Bad input is refused before anything runs (:meth:`ActiveLearningWorkChain.validate_inputs`): thresholds <= 0, DIRECT
 ``n_clusters`` or ``per_cluster`` <= 0, a committee of one, pool elements outside the pseudo family or outside the
-committee's elements.
+committee's elements, production inputs of no or of both architectures, or that the training's own checks refuse on
+the input dataset.
 """
 
 from __future__ import annotations
@@ -48,19 +55,26 @@ from aiida_mad.data.model import ModelData
 from aiida_mad.workflows.committee import CommitteeWorkChain, committee_members
 from aiida_mad.workflows.dataset import DatasetWorkChain
 from aiida_mad.workflows.dft import MadDftWorkChain
+from aiida_mad.workflows.mace import MaceTrainWorkChain
+from aiida_mad.workflows.train import TrainWorkChain
 
 __all__ = (
     'AL_GROUP_PREFIX',
+    'PRODUCTION',
     'ActiveLearningWorkChain',
     'al_group_label',
     'dft_inputs_from_protocol',
     'iteration_rows',
+    'production_inputs',
 )
 
 AL_GROUP_PREFIX = 'mad/al'
 
 #: Keys of a ``MadDftWorkChain`` builder that the labelling of every structure shares.
 DFT_KEYS = ('pseudo_family', 'kpoints_distance', 'rules', 'outlier_max_force', 'bands_factor', 'scf')
+
+#: The training work chains of the production model, by the name of their namespace under ``production``.
+PRODUCTION = {'mace': MaceTrainWorkChain, 'metatrain': TrainWorkChain}
 
 
 def al_group_label(name: str, kind: str) -> str:
@@ -125,6 +139,21 @@ class ActiveLearningWorkChain(WorkChain):
         )
         spec.input('rescale_thresholds', valid_type=orm.Bool, default=lambda: orm.Bool(False))
         spec.input('final_retrain', valid_type=orm.Bool, default=lambda: orm.Bool(True))
+        for name, process in PRODUCTION.items():
+            spec.expose_inputs(
+                process,
+                namespace='production',
+                exclude=(f'{name}.dataset',),
+                namespace_options={
+                    'required': False,
+                    'populate_defaults': False,
+                    'validator': None,
+                    'help': 'The production model, retrained on every grown dataset: `mace` or `metatrain` inputs.',
+                },
+            )
+        for name in PRODUCTION:
+            spec.inputs['production'][name].required = False
+            spec.inputs['production'][name].populate_defaults = False
         spec.inputs.validator = cls.validate_inputs
 
         spec.outline(
@@ -136,7 +165,12 @@ class ActiveLearningWorkChain(WorkChain):
                 cls.select,
                 while_(cls.labels_left)(cls.label),
                 cls.inspect_labels,
-                if_(cls.has_labels)(cls.grow, cls.inspect_dataset, cls.calibrate),
+                if_(cls.has_labels)(
+                    cls.grow,
+                    cls.inspect_dataset,
+                    cls.calibrate,
+                    if_(cls.has_production)(cls.train_production, cls.inspect_production),
+                ),
                 cls.finish_iteration,
             ),
             if_(cls.should_retrain)(cls.train_committee, cls.inspect_committee),
@@ -145,12 +179,14 @@ class ActiveLearningWorkChain(WorkChain):
         spec.output_namespace('iterations', dynamic=True, help='Per iteration: iteration_<i>.<output>.')
         spec.output('dataset', valid_type=DatasetData, help='The final dataset.')
         spec.output_namespace('models', valid_type=ModelData, dynamic=True, help='The last committee.')
+        spec.output('production_model', valid_type=ModelData, required=False, help='The last production model trained.')
         spec.output('record', valid_type=orm.Dict, help='Per iteration: counts, failures, calibration.')
         spec.exit_code(401, 'ERROR_COMMITTEE_FAILED', message='the committee training failed: {message}')
         spec.exit_code(402, 'ERROR_PREDICTION_FAILED', message='the prediction on the pool failed: {message}')
         spec.exit_code(403, 'ERROR_TOO_MANY_DFT_FAILURES', message='{failed} of {total} DFT runs failed: {message}')
         spec.exit_code(404, 'ERROR_DATASET_FAILED', message='growing the dataset failed: {message}')
         spec.exit_code(405, 'ERROR_FINGERPRINT_MISMATCH', message='the new labels are at another level: {message}')
+        spec.exit_code(406, 'ERROR_PRODUCTION_FAILED', message='the production model`s training failed: {message}')
 
     @classmethod
     def get_builder_from_protocol(
@@ -171,17 +207,24 @@ class ActiveLearningWorkChain(WorkChain):
         max_concurrent: int = 4,
         dft_options: dict | None = None,
         models: dict | None = None,
+        production_code=None,
+        production_protocol: str | None = None,
+        production_overrides: dict | None = None,
+        production_base_model=None,
     ):
         """Return a builder: a MACE committee of ``committee_protocol``, DFT at ``dft_protocol`` (``mad`` default).
 
         The DFT inputs are those of ``MadDftWorkChain.get_builder_from_protocol`` on the dataset's first frame, with
         the SCF threshold set per structure.
 
+        With ``production_code`` a production model is retrained on every grown dataset: a ``mad.mace`` code gives
+        ``mad.train.mace`` inputs, a ``mad.metatrain`` code ``mad.train`` inputs, from that work chain's
+        ``get_builder_from_protocol`` with ``production_protocol`` and ``production_overrides`` (and
+        ``production_base_model``, a ``mad.model`` to fine-tune, for metatrain's ``lora``).
+
         :raises ValueError: for an unknown protocol, a family that is not installed, or bad settings (the validator
             runs on the builder before it is returned).
         """
-        from aiida_mad.workflows.mace import MaceTrainWorkChain
-
         frame = dataset.frames()[0]
         frame.info = {}
         frame.arrays.pop('forces', None)
@@ -210,6 +253,10 @@ class ActiveLearningWorkChain(WorkChain):
         builder.direct = orm.Dict(direct or {})
         builder.max_iterations = orm.Int(max_iterations)
         builder.max_concurrent = orm.Int(max_concurrent)
+        if production_code is not None:
+            builder.production = production_inputs(
+                production_code, dataset, production_protocol, production_overrides, base_model=production_base_model
+            )
         builder.metadata.label = f'mad.active_learning {name} on {dataset.name}'
         problem = cls.validate_inputs(builder._inputs(prune=True), None)
         if problem:
@@ -242,6 +289,21 @@ class ActiveLearningWorkChain(WorkChain):
         committee = value.get('committee') or {}
         if 'members' in committee and committee['members'].value < 2:
             return f'a committee needs at least 2 members, got {committee["members"].value}'
+        production = value.get('production') or {}
+        given = [name for name in PRODUCTION if production.get(name)]
+        if production and len(given) != 1:
+            return (
+                'production: give the training inputs of exactly one architecture, `production.mace` or '
+                f'`production.metatrain` (got {", ".join(given) or "none"})'
+            )
+        if given and 'dataset' in value:
+            process = PRODUCTION[given[0]]
+            inputs = {**production[given[0]], 'dataset': value['dataset']}
+            problem = process._process_class.spec().inputs.validator(inputs, None)
+            if problem:
+                return (
+                    f'production model (`{process.__name__}`, {given[0]}) on dataset {value["dataset"].name}: {problem}'
+                )
         if 'dataset' not in value or 'pool' not in value:
             return None
         dataset = value['dataset']
@@ -321,6 +383,39 @@ class ActiveLearningWorkChain(WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_COMMITTEE_FAILED.format(message=f'{node.process_label}<{node.pk}>')
         self.ctx.models = {f'member_{i}': model.uuid for i, model in enumerate(committee_members(node))}
+        return None
+
+    def has_production(self):
+        """Return whether a production model is retrained on every grown dataset."""
+        return bool(self.inputs.get('production'))
+
+    def train_production(self):
+        """Train the production model on the grown dataset with its own training work chain."""
+        name = next(name for name in PRODUCTION if self.inputs.production.get(name))
+        process = PRODUCTION[name]
+        inputs = AttributeDict(self.exposed_inputs(process, 'production', agglomerate=False))
+        namespace = AttributeDict(dict(inputs[name]))
+        namespace.dataset = orm.load_node(self.ctx.dataset)
+        inputs[name] = namespace
+        inputs.metadata = {
+            'call_link_label': f'production_{self.ctx.iteration}',
+            'label': f'al production {name} on {namespace.dataset.name}',
+        }
+        node = self.submit(process, **inputs)
+        self.report(f'iteration {self.ctx.iteration}: production model {process.__name__}<{node.pk}>')
+        return ToContext(production=node)
+
+    def inspect_production(self):
+        """Take the production model of this iteration."""
+        node = self.ctx.production
+        if not node.is_finished_ok or 'model' not in node.outputs:
+            return self.exit_codes.ERROR_PRODUCTION_FAILED.format(
+                message=f'{node.process_label}<{node.pk}> {node.exit_status}: {node.exit_message}'
+            )
+        model = node.outputs.model
+        self._iteration_out('production_model', model)
+        self.ctx.production_model = model.uuid
+        self.ctx.last_production_model = model.uuid
         return None
 
     def _iteration_out(self, name: str, node) -> None:
@@ -525,6 +620,9 @@ class ActiveLearningWorkChain(WorkChain):
             'calibration': self.ctx.get('calibration', {}) if self.ctx.labelled else {},
             'committee_errors': {key: orm.load_node(uuid).errors for key, uuid in sorted(self.ctx.models.items())},
         }
+        if self.ctx.get('production_model'):
+            model = orm.load_node(self.ctx.production_model)
+            entry['production'] = {'model': model.uuid, 'architecture': model.architecture, 'errors': model.errors}
         self._iteration_out('labels', orm.Dict({'labelled': self.ctx.labelled, 'failed': self.ctx.failed}).store())
         self.ctx.record = [*self.ctx.record, entry]
         fraction = summary['selected_fraction']
@@ -540,12 +638,15 @@ class ActiveLearningWorkChain(WorkChain):
             # The committee of the last iteration is the final one unless the dataset grew since it was trained.
             self.ctx.models = {} if self.ctx.labelled else self.ctx.models
         self.ctx.pop('calibration', None)
+        self.ctx.pop('production_model', None)
 
     def results(self):
         """Attach the final dataset, the last committee and the record."""
         self.out('dataset', orm.load_node(self.ctx.dataset))
         for key, uuid in self.ctx.models.items():
             self.out(f'models.{key}', orm.load_node(uuid))
+        if self.ctx.get('last_production_model'):
+            self.out('production_model', orm.load_node(self.ctx.last_production_model))
         self.out('record', orm.Dict({'name': self.inputs.name.value, 'iterations': self.ctx.record}).store())
 
 
@@ -573,5 +674,41 @@ def iteration_rows(node: orm.WorkflowNode) -> list[dict]:
             row['calibration'] = outputs['calibration'].get_dict()['calibration']
         if 'dataset' in outputs:
             row['dataset'] = outputs['dataset'].uuid
+        if 'production_model' in outputs:
+            model = outputs['production_model']
+            row['production'] = {'model': model.uuid, 'architecture': model.architecture, 'errors': model.errors}
         rows.append(row)
     return rows
+
+
+def production_inputs(code, dataset: DatasetData, protocol=None, overrides=None, *, base_model=None) -> dict:
+    """Return the ``production`` inputs for ``code`` (``mad.mace`` or ``mad.metatrain``), without the dataset.
+
+    A code without a default plugin (as ``aiida-mad setup`` makes them) is taken by its executable, ``mace_run_train``
+    or ``mtt``.
+
+    They are the inputs of the training work chain's ``get_builder_from_protocol`` on ``dataset`` (so its checks run),
+    under ``production.mace`` or ``production.metatrain``; ``base_model`` (metatrain only) is the model to fine-tune.
+
+    :raises ValueError: for a code of another plugin, or what the training's builder refuses.
+    """
+    import pathlib
+
+    plugin = code.default_calc_job_plugin
+    executable = pathlib.PurePath(str(getattr(code, 'filepath_executable', ''))).name
+    if plugin == 'mad.mace' or (plugin is None and executable == 'mace_run_train'):
+        if base_model is not None:
+            raise ValueError('production: fine-tuning a base model is for metatrain (`lora`), not MACE')
+        builder = MaceTrainWorkChain.get_builder_from_protocol(code, dataset, protocol, overrides)
+        name = 'mace'
+    elif plugin == 'mad.metatrain' or (plugin is None and executable == 'mtt'):
+        builder = TrainWorkChain.get_builder_from_protocol(code, dataset, protocol, overrides, base_model=base_model)
+        name = 'metatrain'
+    else:
+        raise ValueError(
+            f'production code {code.full_label} runs `{plugin}`: give a `mad.mace` or `mad.metatrain` code'
+        )
+    inputs = builder._inputs(prune=True)
+    inputs[name] = {key: value for key, value in inputs[name].items() if key != 'dataset'}
+    inputs.pop('metadata', None)
+    return inputs
