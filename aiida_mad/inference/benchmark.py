@@ -122,14 +122,7 @@ def summary(result: dict) -> str:
 
 def main(argv=None) -> int:
     """Entry point of ``aiida-mad-benchmark``."""
-    return run_script(
-        argv,
-        prog='aiida-mad-benchmark',
-        doc=__doc__,
-        config='the benchmark.json written by mad.benchmark',
-        run=run,
-        summary=summary,
-    )
+    return run_script('benchmark', argv, doc=__doc__, run=run, summary=summary)
 
 
 if __name__ == '__main__':  # pragma: no cover

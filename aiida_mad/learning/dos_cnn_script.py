@@ -188,14 +188,7 @@ def summary(info: dict) -> str:
 
 def main(argv=None) -> int:
     """Entry point of ``aiida-mad-dos-cnn``."""
-    return run_script(
-        argv,
-        prog='aiida-mad-dos-cnn',
-        doc=__doc__,
-        config='the dos-cnn.json written by mad.dos_cnn',
-        run=run,
-        summary=summary,
-    )
+    return run_script('dos-cnn', argv, doc=__doc__, run=run, summary=summary)
 
 
 if __name__ == '__main__':  # pragma: no cover
