@@ -30,6 +30,15 @@ DOS models (metatrain's ``mtt::dos``: protocols ``pet-mad-dos``, ``tiny-dos``)
     ``committee`` (two models or more): ``uuids``, ``offsets``, ``dos_energies``, ``dos_mean`` and ``dos_std``
     ``(n, G)``. All models of one calculation predict the same targets (energy or DOS).
 
+Descriptors (``parameters.descriptors: true``; off by default, and then nothing is computed)
+    ``predictions`` also holds ``descriptors`` ``(M, n, d)`` (float64): every model's descriptor vector of every
+    structure, the mean over its atoms of the model's per-atom features (:mod:`aiida_mad.inference.models`: for a
+    MACE model the invariant node features of its last interaction layer, for a metatomic model its ``features``
+    output), computed in the batches of the energies; attribute ``descriptors`` records ``kind``
+    (``mace_last_layer_invariants``, ``metatomic_features``, or ``mixed``), ``kinds`` (per model), ``dimension``
+    and ``reduction``. A model that gives none is refused before submission (:func:`model_descriptors`), naming it
+    and the reason.
+
 Rotated copies (input ``rotations``, used by ``mad.evaluate`` for the rotational symmetry error)
     ``ArrayData`` with ``matrices`` ``(R, 3, 3)`` (proper rotations) and optionally ``uuids`` (the structures to
     rotate; all by default): the script also predicts every structure rotated by every matrix, in the same run
@@ -59,6 +68,7 @@ __all__ = (
     'DEFAULT_PARAMETERS',
     'OUTPUT_FILE',
     'PredictCalculation',
+    'model_descriptors',
     'model_elements',
     'model_targets',
     'models_order',
@@ -72,9 +82,9 @@ STRUCTURES_FILE = 'structures.xyz'
 STDOUT_FILE = 'predict.out'
 STDERR_FILE = 'predict.err'
 #: Defaults of the ``parameters`` input.
-DEFAULT_PARAMETERS = {'batch_size': 16, 'device': 'cpu', 'dtype': None}
-#: Per-model arrays of the ``predictions`` output.
-PREDICTION_ARRAYS = ('uuids', 'natoms', 'offsets', 'energy', 'energy_per_atom', 'forces', 'stress')
+DEFAULT_PARAMETERS = {'batch_size': 16, 'device': 'cpu', 'dtype': None, 'descriptors': False}
+#: Per-model arrays of the ``predictions`` output (``descriptors`` only when asked for).
+PREDICTION_ARRAYS = ('uuids', 'natoms', 'offsets', 'energy', 'energy_per_atom', 'forces', 'stress', 'descriptors')
 #: Arrays of the ``committee`` output (with ``uuids`` and ``offsets``).
 COMMITTEE_ARRAYS = (
     'energy_per_atom_mean',
@@ -102,6 +112,8 @@ def get_parameters(parameters: dict | None) -> dict:
         raise ValueError(f"parameters.device must be 'cpu' or 'cuda', got {merged['device']!r}")
     if merged['dtype'] not in (None, 'float32', 'float64'):
         raise ValueError(f"parameters.dtype must be null, 'float32' or 'float64', got {merged['dtype']!r}")
+    if not isinstance(merged['descriptors'], bool):
+        raise ValueError(f'parameters.descriptors must be true or false, got {merged["descriptors"]!r}')
     return merged
 
 
@@ -142,6 +154,25 @@ def model_targets(model: ModelData) -> tuple[str, ...]:
             return load_model(path).targets
         except ModelFileError as exception:
             raise ValueError(f'model {model.pk} ({model.filename}): {exception}') from None
+
+
+def model_descriptors(model: ModelData, *, key: str | None = None) -> str:
+    """Return the kind of per-structure descriptors ``model`` gives, read from its file.
+
+    :param key: the model's key in the ``models`` namespace, for the message.
+    :raises ValueError: naming the node (and ``key``) if its file gives none, with the reason, or is not a model.
+    """
+    from aiida_mad.inference.models import ModelFileError, load_model
+
+    name = f'model `{key}` (pk {model.pk}, {model.filename})' if key else f'model {model.pk} ({model.filename})'
+    with model.as_path() as path:
+        try:
+            loaded = load_model(path)
+        except ModelFileError as exception:
+            raise ValueError(f'{name}: {exception}') from None
+    if loaded.descriptor_kind is None:
+        raise ValueError(f'{name} cannot give descriptors: {loaded.descriptors_problem}')
+    return loaded.descriptor_kind
 
 
 def _model_kind(model: ModelData) -> str:
@@ -210,7 +241,10 @@ def validate_inputs(value, _):
     if split is not None and split not in ('train', 'val', 'test'):
         return f"split must be 'train', 'val' or 'test', got {split!r}"
     try:
-        get_parameters(value['parameters'].get_dict() if 'parameters' in value else None)
+        parameters = get_parameters(value['parameters'].get_dict() if 'parameters' in value else None)
+        if parameters['descriptors']:
+            for key, model in _ordered_models(models):
+                model_descriptors(model, key=key)
         targets = {key: model_targets(model) for key, model in _ordered_models(models)}
         if len(set(targets.values())) > 1:
             described = ', '.join(f'`{key}`: {"+".join(value) or "nothing"}' for key, value in targets.items())
@@ -244,7 +278,8 @@ def predictions_by_uuid(predictions: orm.ArrayData, committee: orm.ArrayData | N
     """Return ``{structure uuid: {energy_per_atom, forces, stress, ...}}`` from the outputs of ``mad.predict``.
 
     Per-model values keep the model axis first: ``energy_per_atom`` ``(M,)``, ``forces`` ``(M, natoms, 3)``,
-    ``stress`` ``(M, 3, 3)``, for DOS models ``dos`` ``(M, G)`` (on the grid of array ``dos_energies``); with the
+    ``stress`` ``(M, 3, 3)``, for DOS models ``dos`` ``(M, G)`` (on the grid of array ``dos_energies``), with
+    descriptors ``descriptors`` ``(M, d)``; with the
     ``committee`` output, its values for the structure are added (``dos_mean`` and ``dos_std`` ``(G,)``).
     """
     names = set(predictions.get_arraynames())
@@ -259,7 +294,7 @@ def predictions_by_uuid(predictions: orm.ArrayData, committee: orm.ArrayData | N
     for index, uuid in enumerate(arrays['uuids']):
         atoms = slice(int(offsets[index]), int(offsets[index + 1]))
         entry = {'natoms': int(arrays['natoms'][index])}
-        for name in ('energy', 'energy_per_atom', 'stress', 'dos'):
+        for name in ('energy', 'energy_per_atom', 'stress', 'dos', 'descriptors'):
             if name in arrays:
                 entry[name] = arrays[name][:, index]
         if 'forces' in arrays:
@@ -289,7 +324,10 @@ class PredictCalculation(CalcJob):
             'parameters',
             valid_type=orm.Dict,
             required=False,
-            help="`batch_size` (16), `device` (cpu or cuda), `dtype` (null: the model's own; float32, float64).",
+            help=(
+                "`batch_size` (16), `device` (cpu or cuda), `dtype` (null: the model's own; float32, float64), "
+                '`descriptors` (false; true: also the per-structure descriptors of every model).'
+            ),
         )
         spec.input(
             'rotations',
@@ -330,6 +368,7 @@ class PredictCalculation(CalcJob):
             'batch_size': parameters['batch_size'],
             'device': parameters['device'],
             'dtype': parameters['dtype'],
+            'descriptors': parameters['descriptors'],
             'output': OUTPUT_FILE,
         }
         if 'dataset' in self.inputs:

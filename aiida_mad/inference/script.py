@@ -4,16 +4,18 @@
 
     {"models": ["model-0.pt", "model-1.model"], "shards": ["shards/frames-00000.extxyz.gz", ...],
      "structures": ["structures.xyz"], "split": null, "batch_size": 16, "device": "cpu", "dtype": null,
-     "output": "predictions.npz"}
+     "descriptors": false, "output": "predictions.npz"}
 
 loads the dataset's shards as they are (``shards``, read by :func:`aiida_mad.dataset.extxyz.read_shards`; only the
 frames of ``split`` when it is set: ``train``, ``val`` or ``test``) and plain extended-XYZ files of structures
 (``structures``, read by ASE, each frame with its uuid in ``info['source_uuid']``), predicts with every model
 (:func:`aiida_mad.inference.predict.predict`), with ``rotations`` (``{"matrices": [[[...]]], "uuids": [...]}``)
 also the rotated copies of those structures (:func:`aiida_mad.learning.rotations.rotation_arrays`: arrays
-``rotation_*``, for the rotational symmetry error), and writes the arrays to ``output`` (``numpy.savez``), with the
-model kinds and the timings in ``predict.json``'s sibling ``predict-info.json``. Exit status 2 for bad input (a file
-that is not a model, an element a model does not know), with the reason on stderr.
+``rotation_*``, for the rotational symmetry error), with ``descriptors`` also every model's per-structure
+descriptors (array ``descriptors`` ``(M, n, d)``; each model's descriptor kind in the info), and writes the arrays
+to ``output`` (``numpy.savez``), with the model kinds and the timings in ``predict.json``'s sibling
+``predict-info.json``. Exit status 2 for bad input (a file that is not a model, an element a model does not know,
+descriptors asked of a model that gives none), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     models = [Model(directory / name, device=device, dtype=dtype) for name in config['models']]
     loaded = time.perf_counter()
     batch_size = int(config.get('batch_size', 16))
-    arrays = predict(models, frames, batch_size=batch_size)
+    descriptors = bool(config.get('descriptors', False))
+    arrays = predict(models, frames, batch_size=batch_size, descriptors=descriptors)
     rotations = config.get('rotations')
     if rotations:
         from aiida_mad.learning.rotations import rotation_arrays
@@ -67,12 +70,21 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     info = {
         'n_structures': len(frames),
         'n_atoms': int(arrays['offsets'][-1]),
-        'models': [{'file': model.path.name, 'kind': model.kind, 'elements': model.elements} for model in models],
+        'models': [
+            {
+                'file': model.path.name,
+                'kind': model.kind,
+                'elements': model.elements,
+                **({'descriptors': model.descriptor_kind} if descriptors else {}),
+            }
+            for model in models
+        ],
         'device': device,
         'dtype': dtype,
         'batch_size': batch_size,
         'n_rotated': len(arrays.get('rotation_uuids', [])),
         'n_rotations': len(arrays.get('rotation_matrices', [])),
+        'descriptor_dimension': int(arrays['descriptors'].shape[2]) if descriptors else None,
         'seconds_loading': loaded - start,
         'seconds_predicting': predicted - loaded,
     }

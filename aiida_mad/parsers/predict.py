@@ -2,7 +2,9 @@
 
 The arrays file is retrieved temporarily (it can be large; its content goes into the output nodes), the log, the
 standard error and ``predict-info.json`` permanently. Exit status 2 of ``aiida-mad-predict`` means refused input (its
-reason is on standard error); any other failure is reported with the last line of the standard error.
+reason is on standard error); any other failure is reported with the last line of the standard error. With
+descriptors, the ``predictions`` attribute ``descriptors`` records their kind (per model and common), dimension and
+reduction (from ``predict-info.json``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ UNITS = {
     'dos_energies': 'eV (relative to the Fermi energy)',
     'dos_mean': 'states/eV',
     'dos_std': 'states/eV',
+    'descriptors': 'the units of the model features (mean over atoms)',
 }
 
 
@@ -76,6 +79,17 @@ class PredictParser(Parser):
             'targets': [target for target in ('energy', 'dos') if target in arrays],
             'units': {name: UNITS[name] for name in stored if name in UNITS},
         }
+        info = {}
+        if INFO_FILE in names:
+            info = json.loads(self.retrieved.base.repository.get_object_content(INFO_FILE, mode='r'))
+        if 'descriptors' in arrays:
+            kinds = [entry.get('descriptors') for entry in info.get('models', [])]
+            attributes['descriptors'] = {
+                'kind': kinds[0] if len(set(kinds)) == 1 else 'mixed',
+                'kinds': kinds,
+                'dimension': int(arrays['descriptors'].shape[2]),
+                'reduction': 'mean over atoms',
+            }
         references = {
             self.node.inputs.models[key].base.attributes.get('energy_reference', None)
             for key in self.node.inputs.models
@@ -88,8 +102,9 @@ class PredictParser(Parser):
             statistics = [name for name in (*COMMITTEE_ARRAYS, *COMMITTEE_DOS_ARRAYS) if name in arrays]
             for name in ('uuids', 'offsets', *statistics):
                 committee.set_array(name, arrays[name])
+            shared = {key: value for key, value in attributes.items() if key != 'descriptors'}
             committee.base.attributes.set_many(
-                {**attributes, 'units': {name: UNITS[name] for name in statistics}, 'std': 'population (ddof 0)'}
+                {**shared, 'units': {name: UNITS[name] for name in statistics}, 'std': 'population (ddof 0)'}
             )
             self.out('committee', committee)
         if 'rotation_uuids' in arrays:
@@ -98,8 +113,5 @@ class PredictParser(Parser):
                 rotations.set_array(name, arrays[name])
             rotations.base.attributes.set_many({'models': models, 'std': 'population (ddof 0)'})
             self.out('rotations', rotations)
-        info = {}
-        if INFO_FILE in names:
-            info = json.loads(self.retrieved.base.repository.get_object_content(INFO_FILE, mode='r'))
         self.out('results', orm.Dict({**info, 'model_uuids': models}))
         return ExitCode(0)

@@ -6,8 +6,11 @@ One iteration ``i``:
    pretrained ``models`` when given;
 2. **pool**: ``count`` candidates (MP-ALOE prototypes by default) into one ``mad.pool`` node
    (:func:`~aiida_mad.calculations.pool.create_pool`, seed ``pool.seed + i``);
-3. **predict**: the committee on the pool (``mad.predict.pool``);
-4. **select**: thresholds on the committee sigmas, then DIRECT, and ``StructureData`` nodes for the kept candidates
+3. **predict**: the committee on the pool (``mad.predict.pool``), with the per-structure descriptors when every member
+   gives them (:func:`~aiida_mad.calculations.selection.descriptor_parameters`; ``predict.parameters.descriptors:
+   false`` turns them off);
+4. **select**: thresholds on the committee sigmas, then DIRECT (on the first member's descriptors, else on the fallback
+   featurization, recorded in the summary with the reason), and ``StructureData`` nodes for the kept candidates
    only (:func:`~aiida_mad.calculations.selection.select_candidates`), put in group
    ``mad/al/<name>/structures``;
 5. **label**: one ``mad.dft`` per kept structure, never more than ``max_concurrent`` at once (batches); failures
@@ -49,7 +52,12 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_mad.calculations.pool import PoolPredictCalculation, create_pool
 from aiida_mad.calculations.predict import model_elements
-from aiida_mad.calculations.selection import calibrate, check_selection_parameters, select_candidates
+from aiida_mad.calculations.selection import (
+    calibrate,
+    check_selection_parameters,
+    descriptor_parameters,
+    select_candidates,
+)
 from aiida_mad.data.dataset import DatasetData
 from aiida_mad.data.model import ModelData
 from aiida_mad.workflows.committee import CommitteeWorkChain, committee_members
@@ -435,6 +443,9 @@ class ActiveLearningWorkChain(WorkChain):
         inputs = AttributeDict(self.exposed_inputs(PoolPredictCalculation, 'predict'))
         inputs.pool = orm.load_node(self.ctx.pool)
         inputs.models = {key: orm.load_node(uuid) for key, uuid in self.ctx.models.items()}
+        given = inputs.parameters.get_dict() if 'parameters' in inputs else None
+        parameters, self.ctx.fallback_reason = descriptor_parameters(inputs.models, given)
+        inputs.parameters = orm.Dict(parameters)
         inputs.metadata = {**dict(inputs.get('metadata', {})), 'call_link_label': f'predict_{self.ctx.iteration}'}
         node = self.submit(PoolPredictCalculation, **inputs)
         return ToContext(prediction=node)
@@ -452,10 +463,13 @@ class ActiveLearningWorkChain(WorkChain):
             'direct': self.inputs.direct.get_dict(),
             'iteration': self.ctx.iteration,
         }
+        if self.ctx.get('fallback_reason'):
+            parameters['fallback_reason'] = self.ctx.fallback_reason
         results = select_candidates(
             orm.load_node(self.ctx.pool),
             node.outputs.committee,
             orm.Dict(parameters),
+            node.outputs.predictions,
             metadata={'call_link_label': f'select_{self.ctx.iteration}'},
         )
         self._iteration_out('table', results['table'])
