@@ -1,7 +1,8 @@
 """Run every benchmark in ``bench/`` and print one side-by-side table (``make bench``).
 
-Each ``bench/bench_*.py`` module defines ``run() -> list[Row]``; a row compares the project's way with the naive or
-default way, measured in the same run. Results also go to ``bench/results/latest.json``. Timings are never asserted.
+Each ``bench/bench_*.py`` module (except :data:`SEPARATE`) defines ``run() -> list[Row]``, e.g. ``bench_storage``
+(bytes per labelled structure); a row compares the project's way with the naive or default way, measured in the same
+run. Results also go to ``bench/results/latest.json``. Timings are never asserted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import Row  # noqa: E402
+
+#: Benchmarks with their own make target, not part of ``make bench`` (``make bench-scale``).
+SEPARATE = {'scale'}
 
 
 def load(path: pathlib.Path):
@@ -34,7 +38,7 @@ def main() -> int:
     rows: list[Row] = []
     for path in sorted(HERE.glob('bench_*.py')):
         name = path.stem.removeprefix('bench_')
-        if args.names and name not in args.names:
+        if name in SEPARATE or (args.names and name not in args.names):
             continue
         print(f'running {name} ...', flush=True)
         start = time.perf_counter()
