@@ -500,7 +500,7 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
             inputs.pw.parallelization = orm.Dict(parallelization.flags)
         inputs.pw.parameters = orm.Dict(parameters)
         inputs.pw.structure = structure
-        inputs.pw.pseudos = self.ctx.family.get_pseudos(structure=structure)
+        inputs.pw.pseudos = family_pseudos(self.ctx.family, structure)
         inputs.kpoints_distance = self.inputs.kpoints_distance
         inputs.kpoints_force_parity = orm.Bool(False)
         inputs.metadata = {'call_link_label': 'scf', 'label': f'scf {structure.get_formula()}'}
@@ -666,13 +666,47 @@ def check_protocol_numbers(inputs: dict) -> None:
         raise ValueError(f'`meta_parameters.conv_thr_per_atom` must be a positive finite number, not {value!r}')
 
 
+def family_md5(family) -> dict[str, str]:
+    """Return ``{element: md5}`` of the pseudopotentials of ``family``, read in one query.
+
+    Same table as ``{pseudo.element: pseudo.md5 for pseudo in family.nodes}``, without loading the nodes (about 10
+    times cheaper for a 72-element family; the work chain needs it at every submission and in its first step).
+    """
+    query = orm.QueryBuilder().append(orm.Group, filters={'id': family.pk}, tag='family')
+    query.append(orm.Data, with_group='family', project=['attributes.element', 'attributes.md5'])
+    return dict(query.all())
+
+
+def family_pseudos(family, structure: orm.StructureData) -> dict:
+    """Return ``{kind name: pseudopotential}`` for ``structure`` from ``family``, loading only the elements it has.
+
+    Same mapping as ``family.get_pseudos(structure=structure)``, which loads every pseudopotential of the family.
+
+    :raises ValueError: if the family has no pseudopotential for an element of the structure (named).
+    """
+    symbols = {kind.name: kind.symbol for kind in structure.kinds}
+    query = orm.QueryBuilder().append(orm.Group, filters={'id': family.pk}, tag='family')
+    query.append(
+        orm.Data,
+        with_group='family',
+        filters={'attributes.element': {'in': sorted(set(symbols.values()))}},
+        project='*',
+    )
+    by_element = {pseudo.element: pseudo for pseudo in query.all(flat=True)}
+    missing = sorted(set(symbols.values()) - set(by_element))
+    if missing:
+        raise ValueError(f'{structure.get_formula()}: no pseudopotential in `{family.label}` for {", ".join(missing)}')
+    return {name: by_element[symbol] for name, symbol in symbols.items()}
+
+
 def validate_structure(structure: orm.StructureData, family) -> None:
     """Raise ``ValueError`` listing every element the family lacks, or every reason the structure is implausible."""
     elements = set(structure.get_symbols_set())
-    missing = sorted(elements - set(family.elements))
+    available = list(family_md5(family))
+    missing = sorted(elements - set(available))
     if missing:
         raise ValueError(f'{structure.get_formula()}: no pseudopotential in `{family.label}` for {", ".join(missing)}')
-    reasons = check_structure(structure.get_ase(), pool=element_pool(family.elements))
+    reasons = check_structure(structure.get_ase(), pool=element_pool(available))
     if reasons:
         raise ValueError(f'{structure.get_formula()} refused: ' + '; '.join(reasons))
 
@@ -695,7 +729,7 @@ def compute_level_of_theory(code, family, rules: dict, system: dict, kpoints_dis
         code_version=code_version(code),
         functional=rules['functional'],
         pseudo_family=family.label,
-        pseudo_md5={pseudo.element: pseudo.md5 for pseudo in family.nodes},
+        pseudo_md5=family_md5(family),
         ecutwfc=system['ecutwfc'],
         ecutrho=system['ecutrho'],
         smearing=system['smearing'],
@@ -801,7 +835,7 @@ def result_theory_summary(workchain: orm.WorkflowNode) -> dict:
 
 def occupied_bands(structure: orm.StructureData, family) -> int:
     """Return the number of occupied bands without spin: half the valence electrons, rounded up."""
-    pseudos = family.get_pseudos(structure=structure)
+    pseudos = family_pseudos(family, structure)
     electrons = sum(pseudos[site.kind_name].z_valence for site in structure.sites)
     return int(-(-electrons // 2))
 
