@@ -20,6 +20,14 @@ Rows:
    ``MAD_BENCH_SCREEN_COUNT`` (default 500) elemental-Cu prototype candidates.
 5. A pool node vs one ``StructureData`` node per candidate in a throw-away profile: store (s) and screen (read every
    candidate back as ``ase.Atoms``), on ``MAD_BENCH_NODES_COUNT`` candidates (default 2000).
+6. One active-learning iteration at scale without the prediction and the DFT, in a throw-away profile, in a forked
+   child: ``MAD_BENCH_ITERATION_GENERATED`` (default 10000) real MP-ALOE candidates over the 85 MAD elements are
+   generated (CPU time per candidate: generation costs the same per candidate whatever the count, and its memory is
+   one batch), then repeated under new ids up to ``MAD_BENCH_ITERATION_COUNT`` candidates (default 100000) and
+   stored by the real ``build_pool`` as one node; the real ``mad.al.select`` calcfunction runs on synthetic committee
+   sigmas (about a third above MP-ALOE's thresholds; DIRECT k=100, m=5: 500 ``StructureData`` stored) and every
+   candidate is read back as the prediction reads them. Wall and CPU time per candidate of each phase, and the peak
+   memory (rise of the child's peak resident set) after each. ``MAD_BENCH_ITERATION_COUNT=0`` skips it.
 
 ``MAD_BENCH_LEARNING_COUNT`` sets the number of descriptors and candidates of rows 1-2 (default 100000). BLAS runs
 on one thread.
@@ -39,6 +47,8 @@ COUNT = int(os.environ.get('MAD_BENCH_LEARNING_COUNT', '100000'))
 POOL_COUNT = int(os.environ.get('MAD_BENCH_POOL_COUNT', '10000'))
 SCREEN_COUNT = int(os.environ.get('MAD_BENCH_SCREEN_COUNT', '500'))
 NODES_COUNT = int(os.environ.get('MAD_BENCH_NODES_COUNT', '2000'))
+ITERATION_COUNT = int(os.environ.get('MAD_BENCH_ITERATION_COUNT', '100000'))
+ITERATION_GENERATED = int(os.environ.get('MAD_BENCH_ITERATION_GENERATED', '10000'))
 DIMENSIONS = 128
 COMPONENTS = 100
 CLUSTERS = 200
@@ -190,7 +200,133 @@ def pool_rows() -> list[Row]:
     )
     rows.append(_screen_row())
     rows.extend(_node_rows())
+    if ITERATION_COUNT > 0:
+        rows.append(iteration_row(ITERATION_COUNT, min(ITERATION_GENERATED, ITERATION_COUNT)))
     return rows
+
+
+def _peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Phase:
+    """Wall and CPU seconds of a phase, and the peak memory rise over ``start_rss`` at its end."""
+
+    def __init__(self, figures: dict, name: str, start_rss: int):
+        self.figures, self.name, self.start_rss = figures, name, start_rss
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.figures[self.name] = (
+            time.perf_counter() - self.wall,
+            _cpu_seconds() - self.cpu,
+            _peak_bytes() - self.start_rss,
+        )
+
+
+def _repeated_batches(frames, count: int, key: str, subset: str, size: int = 1000):
+    """Yield batches of ``count`` candidates: ``frames`` repeated under the ids of indices ``0 .. count - 1``."""
+    from aiida_mad.learning.pool import CandidateBatch, candidate_id
+
+    for first in range(0, count, size):
+        batch = CandidateBatch([], [], [], [], {})
+        for index in range(first, min(first + size, count)):
+            atoms = frames[index % len(frames)].copy()
+            identifier = candidate_id(key, index)
+            atoms.info = {'source_uuid': identifier, 'subset': subset}
+            batch.frames.append(atoms)
+            batch.indices.append(index)
+            batch.ids.append(identifier)
+            batch.prototypes.append('repeated')
+        yield batch
+
+
+def _iteration_phases(count: int, generated: int) -> dict:
+    """Generate, store, select and read back ``count`` candidates in a throw-away profile; return the figures."""
+    from common import temporary_profile
+
+    start_rss = _rss_bytes()
+    figures = {}
+    with temporary_profile():
+        from aiida import orm
+
+        from aiida_mad.calculations.pool import build_pool
+        from aiida_mad.calculations.selection import select_candidates
+        from aiida_mad.learning.pool import generate_batches, load_parents, pool_key, pool_settings
+        from aiida_mad.structures.elements import element_pool
+
+        raw = {'element_pool': list(element_pool()), 'seed': 0}
+        settings = pool_settings({**raw, 'count': generated})
+        parents = load_parents(settings)
+        with _Phase(figures, 'generate', start_rss):
+            frames = [
+                atoms for batch in generate_batches(settings, parents, pool_key(settings)) for atoms in batch.frames
+            ]
+        figures['generated'] = len(frames)
+        settings = pool_settings({**raw, 'count': count})
+        with _Phase(figures, 'store', start_rss):
+            batches = _repeated_batches(frames, count, pool_key(settings), settings['subset'])
+            pool = build_pool({**raw, 'count': count}, batches=batches).store()
+        del frames
+        figures['n_candidates'] = pool.n_candidates
+        figures['repository'] = sum(
+            len(pool.base.repository.get_object_content(name, mode='rb')) for name in pool.shard_names()
+        )
+
+        rng = np.random.default_rng(0)
+        ids = pool.index()['ids']
+        sigmas = {name: rng.lognormal(np.log(0.06), 1.0, size=len(ids)) for name in ('energy', 'force', 'stress')}
+        committee = orm.ArrayData()
+        committee.set_array('uuids', ids)
+        committee.set_array('energy_per_atom_std', sigmas['energy'])
+        committee.set_array('force_std_max', sigmas['force'])
+        committee.set_array('stress_std_max', sigmas['stress'])
+        committee.set_array('energy_per_atom_mean', rng.normal(-4.0, 1.0, size=len(ids)))
+        committee.store()
+        parameters = orm.Dict({'thresholds': {}, 'direct': {'n_clusters': 100, 'per_cluster': 5}, 'iteration': 0})
+        with _Phase(figures, 'select', start_rss):
+            results = select_candidates(pool, committee, parameters)
+        summary = results['summary'].get_dict()
+        figures['selected'], figures['kept'] = summary['n_selected'], summary['n_downsampled']
+
+        with _Phase(figures, 'read', start_rss):
+            frames = pool.candidates()
+        figures['n_atoms'] = sum(len(atoms) for atoms in frames)
+    return figures
+
+
+def iteration_row(count: int, generated: int) -> Row:
+    """Row 6: generation per candidate, then pool, selection and read-back of ``count`` candidates."""
+    seconds, memory, figures = _measure(_iteration_phases, count, generated)
+    made = figures['n_candidates']
+    cpu = figures['generate'][1]
+    per_candidate = {'generate': figures['generated']}
+    phases = ', '.join(
+        f'{name} {figures[name][0]:.0f} s wall, {figures[name][1] / per_candidate.get(name, made) * 1e3:.2f} ms CPU '
+        f'per candidate, peak rise {figures[name][2] / 2**20:.0f} MB'
+        for name in ('generate', 'store', 'select', 'read')
+    )
+    stages = sum(figures[name][1] for name in ('store', 'select', 'read')) / made
+    return Row(
+        'AL iteration at scale without prediction and DFT: CPU per candidate (generate + store + select + read)',
+        cpu / figures['generated'] * 1e3 + stages * 1e3,
+        cpu / figures['generated'] * 1e3 + stages * 1e3,
+        'ms/candidate',
+        False,
+        f'{figures["generated"]} real MP-ALOE candidates over the 85 MAD elements generated, repeated to {made} '
+        f'({figures["n_atoms"]} atoms, {figures["repository"] / made:.0f} bytes of gzip shard each); '
+        f'{figures["selected"]} selected, {figures["kept"]} kept by DIRECT: {phases}; whole child {seconds:.0f} s, '
+        f'peak memory rise {memory / 2**20:.0f} MB ({memory / made / 1024:.2f} kB per candidate of the {made}); '
+        'no baseline (same value twice)',
+    )
 
 
 def _screen_row() -> Row:
