@@ -25,7 +25,12 @@ the other processes (the stages are CPU-bound: SQLite and the repository are loc
 
 Also printed: the repository and database bytes per labelled structure (the DFT results only, from the growth of
 the database file or ``pg_database_size`` and of the repository folder). After all sizes, the growth exponent of
-each stage is the least-squares slope of log(time) against log(N). Results go to ``bench/results/scale.json``.
+each stage is the least-squares slope of log(time) against log(N).
+
+Results go to ``bench/results/scale.json``, in the series ``--label`` (default ``current``; a run replaces the
+result of the same backend and N there). Each (backend, N) process writes its figures after every stage, so a run
+that is stopped or fails keeps the stages it finished (marked incomplete). The plot of the series, CPU and wall time
+of each stage against N, goes to ``docs/scale.png`` (``--plot-only`` redraws it from the results file).
 
 The synthetic results have no ``PwBaseWorkChain``/``PwCalculation`` below the work chain, so the archives and the
 bytes per structure count only what the data pipeline reads; ``docs/scale.md`` adds the calculation nodes of a
@@ -51,6 +56,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = ROOT / '.bench-scale'
 RESULTS = HERE / 'results' / 'scale.json'
+PLOT = ROOT / 'docs' / 'scale.png'
 PARENT_GROUP = 'mad/structures/mc3d-rattled'
 PROCESS_GROUP = 'mad/dft/mc3d-rattled'
 SUBSET = 'mc3d-rattled'
@@ -90,8 +96,16 @@ class PeakRss:
 class Stages:
     """The measured stages of one (backend, N) run."""
 
-    def __init__(self, backend: str, size: int):
-        self.backend, self.size, self.rows, self.info = backend, size, [], {}
+    def __init__(self, backend: str, size: int, output: pathlib.Path | None = None):
+        self.backend, self.size, self.rows, self.info, self.output = backend, size, [], {}, output
+
+    def save(self) -> None:
+        """Write the rows and info so far to ``output`` (after every stage: a run cut short keeps its figures)."""
+        if self.output is not None:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.output.with_suffix('.partial')
+            partial.write_text(json.dumps({'rows': self.rows, 'info': self.info}, indent=1, default=str))
+            partial.replace(self.output)
 
     @contextlib.contextmanager
     def stage(self, name: str, items: int, unit: str):
@@ -111,6 +125,7 @@ class Stages:
             'rss_mb': rss.peak / 2**20,
         }
         self.rows.append(row)
+        self.save()
         print(
             f'  [{self.backend} N={self.size}] {name:<18} {seconds:9.2f} s (CPU {cpu:8.2f} s) '
             f'{row["rate"]:10.1f} {unit}/s  peak RSS {row["rss_mb"]:7.0f} MB',
@@ -385,14 +400,19 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
 # One (backend, N) run
 
 
-def run_one(backend: str, size: int, keep: bool) -> dict:
-    """Run every stage for ``size`` structures on ``backend`` in a throw-away profile; return rows and info."""
+def run_one(backend: str, size: int, keep: bool, output: pathlib.Path | None = None) -> dict:
+    """Run every stage for ``size`` structures on ``backend`` in a throw-away profile; return rows and info.
+
+    :param output: where the rows and info are written after every stage and at the end.
+    """
     folder = WORK / f'{backend}-{size}-{os.getpid()}'
     folder.mkdir(parents=True, exist_ok=True)
-    stages = Stages(backend, size)
+    stages = Stages(backend, size, output)
     try:
         with profile(backend, folder) as (_, database):
             _run_stages(stages, folder, database)
+        stages.info['complete'] = True
+        stages.save()
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -452,6 +472,7 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     start = time.perf_counter()
     count = store_results(structures[:half], fingerprint, theory, seed=0)
     stages.info['insert_seconds'] = time.perf_counter() - start
+    stages.save()
 
     with stages.stage('cycle N/2', size, 'structures'):
         batch = controller.submit_new_batch(dry_run=True)
@@ -553,8 +574,9 @@ def table(results: list[dict]) -> str:
             f'{shown} |'
         )
     for result in results:
-        info, size = result['info'], result['rows'][0]['size'] if result['rows'] else '?'
-        backend = result['rows'][0]['backend'] if result['rows'] else '?'
+        info, (backend, size) = result['info'], _key(result)
+        if info.get('complete') is False:
+            lines.append(f'\n{backend} N={size}: incomplete (only the stages above were run)')
         if 'db_bytes_per_structure' in info:
             lines.append(
                 f'\n{backend} N={size}: {info["nodes_per_structure"]:.0f} nodes, '
@@ -566,6 +588,88 @@ def table(results: list[dict]) -> str:
     return '\n'.join(lines)
 
 
+def load_results(path: pathlib.Path) -> dict[str, list[dict]]:
+    """Return the series of ``path``: ``{label: [one result per (backend, N)]}`` (``{}`` if there is no file)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {'current': data} if isinstance(data, list) else data
+
+
+def _key(result: dict) -> tuple[str, int]:
+    row = result['rows'][0] if result['rows'] else {}
+    return result.get('backend', row.get('backend', '?')), int(result.get('size', row.get('size', 0)))
+
+
+def merge_result(path: pathlib.Path, label: str, result: dict) -> None:
+    """Put ``result`` into series ``label`` of ``path``, replacing the result of the same backend and N."""
+    series = load_results(path)
+    kept = [old for old in series.get(label, []) if _key(old) != _key(result)]
+    series[label] = sorted([*kept, result], key=lambda item: (_key(item)[0] != 'sqlite', _key(item)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(series, indent=1, default=str))
+
+
+#: The stages of the plot, in the order of the legend.
+PLOTTED = (
+    'generate',
+    'build',
+    'export archives',
+    'export chemiscope',
+    'export xyz',
+    'cycle N',
+    'status N',
+    'lineage',
+    'query',
+)
+
+
+def plot(results: list[dict], path: pathlib.Path, title: str) -> pathlib.Path:
+    """Draw the CPU and wall time of each stage against N (log-log, one line per stage and backend) into ``path``."""
+    os.environ.setdefault('MPLCONFIGDIR', str(ROOT / '.cache' / 'mpl'))
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    sizes = set()
+    panels = (('cpu_seconds', 'process CPU time'), ('seconds', 'wall time'))
+    for panel, (column, name) in zip(axes, panels, strict=True):
+        for number, stage in enumerate(PLOTTED):
+            for backend, style in (('sqlite', '-o'), ('postgres', '--s')):
+                points = sorted(
+                    (row['size'], row[column])
+                    for result in results
+                    for row in result['rows']
+                    if row['backend'] == backend and row['stage'] == stage and row.get(column, 0) > 0
+                )
+                if not points:
+                    continue
+                sizes.update(n for n, _ in points)
+                slope = exponent(points)
+                label = f'{stage} ({backend}' + (f', N^{slope:.2f})' if slope is not None else ')')
+                xs, ys = [n for n, _ in points], [t for _, t in points]
+                panel.plot(xs, ys, style, color=colours[number % len(colours)], label=label, markersize=4)
+        if sizes:
+            low, high = min(sizes), max(sizes)
+            panel.plot([low, high], [1.0, high / low], ':', color='grey', label='linear (slope 1)')
+        panel.set_xscale('log')
+        panel.set_yscale('log')
+        panel.set_xlabel('N (structures)')
+        panel.set_title(name)
+        panel.grid(True, which='both', alpha=0.3)
+    axes[0].set_ylabel('seconds')
+    axes[1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default=os.environ.get('MAD_BENCH_SCALE_SIZES', '1000,10000'))
@@ -573,13 +677,22 @@ def main(argv=None) -> int:
     parser.add_argument('--keep', action='store_true', help='keep the profiles under .bench-scale/')
     parser.add_argument('--one', nargs=2, metavar=('BACKEND', 'N'), help=argparse.SUPPRESS)
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS)
+    parser.add_argument(
+        '--label', default='current', help='the series of the results file to put these runs in (default: current)'
+    )
+    parser.add_argument('--plot', type=pathlib.Path, default=PLOT, help=f'the plot to write (default: {PLOT})')
+    parser.add_argument('--plot-only', action='store_true', help='only redraw the plot from the results file')
     args = parser.parse_args(argv)
 
     if args.one:
         backend, size = args.one[0], int(args.one[1])
-        result = run_one(backend, size, args.keep)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=str))
+        run_one(backend, size, args.keep, args.output)
+        return 0
+
+    if args.plot_only:
+        results = load_results(args.output).get(args.label, [])
+        print(table(results))
+        print(f'plot: {plot(results, args.plot, f"make bench-scale ({args.label})")}')
         return 0
 
     sizes = [int(value) for value in args.sizes.split(',') if value]
@@ -587,22 +700,30 @@ def main(argv=None) -> int:
     unknown = sorted(set(backends) - {'sqlite', 'postgres'})
     if unknown or not sizes or min(sizes) < 2:
         parser.error(f'backends are sqlite and postgres (got {unknown}); sizes are integers >= 2 (got {sizes})')
-    results = []
     for backend in backends:
         for size in sizes:
             print(f'{backend}, N = {size}', flush=True)
-            output = WORK / f'result-{backend}-{size}.json'
+            output = WORK / f'result-{backend}-{size}-{os.getpid()}.json'
             output.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, __file__, '--one', backend, str(size), '--output', str(output)]
             if args.keep:
                 command.append('--keep')
-            if subprocess.run(command, check=False).returncode != 0:
-                print(f'  {backend} N={size} failed', flush=True)
+            returncode = subprocess.run(command, check=False).returncode
+            if not output.is_file():
+                print(f'  {backend} N={size} failed before its first stage (exit status {returncode})', flush=True)
                 continue
-            results.append(json.loads(output.read_text()))
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(results, indent=1, default=str))
+            result = json.loads(output.read_text())
+            result.update(backend=backend, size=size)
+            if returncode != 0 or not result['info'].get('complete'):
+                # Every finished stage was saved: keep them, marked incomplete.
+                result['info']['complete'] = False
+                done = ', '.join(row['stage'] for row in result['rows']) or 'none'
+                print(f'  {backend} N={size} stopped (exit status {returncode}); stages done: {done}', flush=True)
+            merge_result(args.output, args.label, result)
+            output.unlink()
+    results = load_results(args.output).get(args.label, [])
     print(table(results))
+    print(f'plot: {plot(results, args.plot, f"make bench-scale ({args.label})")}')
     return 0
 
 

@@ -67,12 +67,15 @@ from aiida_mad.constants import QUERY_CHUNK_SIZE
 
 __all__ = (
     'StoredInputHashCaching',
+    'add_nodes_by_pk',
     'bulk_link_process_class',
     'linked_inputs',
     'read_arrays',
     'read_attributes',
     'read_structures',
     'run_bulk_linked',
+    'store_new_nodes',
+    'stored_pks',
 )
 
 
@@ -251,12 +254,9 @@ def bulk_link_process_class(function) -> type:
                 raise ValueError(
                     f'outputs {", ".join(stored)} are stored already: a calcfunction must create its outputs'
                 )
-            if not new_outputs:
-                return
-            with self.node.backend.transaction():
-                for label, node in new_outputs:
-                    node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
-                    node.store()
+            for label, node in new_outputs:
+                node.base.links.incoming_cache.append(LinkTriple(self.node, LinkType.CREATE, label))
+            store_new_nodes([node for _, node in new_outputs])
 
         async def run(self):
             """Link the inputs given by pk (see :func:`run_bulk_linked`), then run the function with them visible."""
@@ -273,6 +273,86 @@ def bulk_link_process_class(function) -> type:
     #: The calcfunction whose process this is: its entry point is the process type of the nodes.
     BulkLinkProcess.bulk_linked_function = function
     return BulkLinkProcess
+
+
+def store_new_nodes(nodes: Sequence[orm.Node]) -> None:
+    """Store new ``nodes`` with the links in their ``incoming_cache``, in one transaction and a few statements.
+
+    What ``Node.store`` does for each node, in bulk: validate it, clean its attributes and extras, put its
+    repository files in the object store, and store it with its stored hash (the ``_aiida_hash`` extra, computed from
+    the same content as ``NodeCaching.rehash`` after storing) and its incoming links. The node rows go in with one
+    ORM flush (SQLAlchemy batches the ``INSERT``; the objects stay attached and get their pks), the links with one
+    multi-row ``INSERT`` per :data:`~aiida_mad.constants.QUERY_CHUNK_SIZE`, and the commit does not expire the nodes,
+    so reading their pks afterwards costs no query. Caching (``_get_same_node``) is not used: the nodes are the new
+    outputs of a process, which aiida-core never takes from the cache either.
+    """
+    from aiida.storage.psql_dos.orm.utils import disable_expire_on_commit
+    from sqlalchemy import insert
+
+    if not nodes:
+        return
+    for node in nodes:
+        if node.is_stored:
+            raise ValueError(f'{_describe(node)} is stored already')
+        node._validate_storability()
+        node._validate()
+        node._verify_are_parents_stored()
+        node.base.repository._store()
+        node._backend_entity.clean_values()
+        # `rehash` after `store` computes the same hash from the same cleaned content (`_compute_hash` needs no pk).
+        node.base.extras.set(ProcessNodeCaching._HASH_EXTRA_KEY, node.base.caching._compute_hash())
+    storage = nodes[0].backend
+    session = storage.get_session()
+    table = storage._get_mapper_from_entity(EntityTypes.LINK, False)[0].local_table  # SQLite or PostgreSQL model
+    with disable_expire_on_commit(session), storage.transaction():
+        session.add_all([node._backend_entity.bare_model for node in nodes])
+        session.flush()
+        rows = [
+            {'input_id': link.node.pk, 'output_id': node.pk, 'label': link.link_label, 'type': link.link_type.value}
+            for node in nodes
+            for link in node.base.links.incoming_cache
+        ]
+        for chunk in _chunks(rows):
+            session.execute(insert(table), list(chunk))
+    for node in nodes:
+        node.base.links.incoming_cache = []
+    if storage.autogroup.is_to_be_grouped(nodes[0]):
+        storage.autogroup.get_or_create_group().add_nodes(
+            [node for node in nodes if storage.autogroup.is_to_be_grouped(node)]
+        )
+
+
+def stored_pks(nodes: Sequence[orm.Node]) -> list[int]:
+    """Return the pks of stored ``nodes`` without a query, even after a commit has expired them in the session.
+
+    Reading ``node.pk`` of a node expired by a commit (aiida-core's session expires every object on commit) reloads
+    the whole row; the pk is also the node's SQLAlchemy identity, which a commit keeps.
+    """
+    from sqlalchemy import inspect
+
+    pks = []
+    for node in nodes:
+        identity = inspect(node.backend_entity.bare_model).identity
+        if identity is None:
+            raise ValueError(f'{_describe(node)} is not stored')
+        pks.append(identity[0])
+    return pks
+
+
+def add_nodes_by_pk(group: orm.Group, pks: Sequence[int]) -> None:
+    """Add the stored nodes ``pks``, none of them in ``group`` yet (e.g. new nodes), with one ``INSERT`` per chunk.
+
+    ``Group.add_nodes`` needs the nodes as ORM objects, checks each one as stored (a query per node expired by a
+    commit) and guards against duplicates; new nodes need neither.
+    """
+    from sqlalchemy import insert
+
+    storage = group.backend
+    table = storage._get_mapper_from_entity(EntityTypes.GROUP_NODE, False)[0].local_table
+    rows = [{'dbnode_id': int(pk), 'dbgroup_id': group.pk} for pk in pks]
+    with storage.transaction() as session:
+        for chunk in _chunks(rows):
+            session.execute(insert(table), list(chunk))
 
 
 def _link_by_pk(node: orm.ProcessNode, linked: Mapping[str, Mapping[str, int]]) -> None:

@@ -39,6 +39,7 @@ from aiida import orm
 from aiida.common.exceptions import NotExistent
 from aiida.engine import WorkChain, while_
 
+from aiida_mad.calculations.bulk import add_nodes_by_pk, stored_pks
 from aiida_mad.calculations.generate import run_generate_structures
 from aiida_mad.constants import GENERATED_SUBSETS, IMPORTED_SUBSETS, structure_group_label
 from aiida_mad.storage import extra_values_in_group, get_or_create_group
@@ -125,11 +126,12 @@ class GenerationProgress:
 
 @dataclasses.dataclass(frozen=True)
 class PlannedItem:
-    """One item of a batch: its index, its parent node and its key."""
+    """One item of a batch: its index, its parent node, its key and the parent's pk."""
 
     index: int
     parent: orm.StructureData
     key: str
+    parent_pk: int
 
 
 class StructureGeneration:
@@ -222,6 +224,8 @@ class StructureGeneration:
             'seed': seed,
         }
         self.candidates = self._load_parents(parent_groups, parents, pool)
+        # Read once: a commit expires every node in the session, and reading a pk or UUID again reloads the node.
+        self._candidate_ids = [(node.pk, node.uuid) for node in self.candidates]
         if self.generator.per_parent:
             self.target = len(self.candidates) if count is None else min(count, len(self.candidates))
             self.order = stream_rng(seed, 0, ORDER_STREAM).permutation(len(self.candidates))
@@ -305,10 +309,13 @@ class StructureGeneration:
 
     def parent_of(self, index: int) -> orm.StructureData:
         """Return the parent of item ``index``: drawn from its parent stream, or the index-th of the seeded order."""
+        return self.candidates[self._parent_position(index)]
+
+    def _parent_position(self, index: int) -> int:
         if self.order is not None:
-            return self.candidates[int(self.order[index])]
+            return int(self.order[index])
         rng = stream_rng(self.seed, index, PARENT_STREAM)
-        return self.candidates[int(rng.integers(len(self.candidates)))]
+        return int(rng.integers(len(self.candidates)))
 
     def finished(self, progress: GenerationProgress, pending: int = 0) -> bool:
         """Return whether the run is complete.
@@ -331,19 +338,23 @@ class StructureGeneration:
         while len(items) < self.batch_size and not self.finished(progress, pending=len(items)):
             index = progress.next_index
             progress.next_index += 1
-            parent = self.parent_of(index)
-            key = generation_key(self.settings, parent.uuid, index)
+            position = self._parent_position(index)
+            parent_pk, parent_uuid = self._candidate_ids[position]
+            key = generation_key(self.settings, parent_uuid, index)
             if key in self.existing_keys:
                 progress.done += 1
                 progress.existing += 1
             elif key in self.refused_keys:
                 progress.refused_before += 1
             else:
-                items.append(PlannedItem(index=index, parent=parent, key=key))
+                items.append(PlannedItem(index=index, parent=self.candidates[position], key=key, parent_pk=parent_pk))
         return items
 
-    def batch_inputs(self, items: Sequence[PlannedItem]) -> dict[str, Any]:
-        """Return the inputs of the calcfunction for ``items``: ``parameters`` and the ``parents`` namespace."""
+    def batch_inputs(self, items: Sequence[PlannedItem], by_pk: bool = False) -> dict[str, Any]:
+        """Return the inputs of the calcfunction for ``items``: ``parameters`` and the ``parents`` namespace.
+
+        :param by_pk: give the parents as pks (for :func:`run_generate_structures`, which links them in bulk).
+        """
         labels = [f'p{position:04d}' for position in range(len(items))]
         settings = {
             **self.settings,
@@ -351,7 +362,9 @@ class StructureGeneration:
         }
         return {
             'parameters': orm.Dict(settings),
-            'parents': {label: item.parent for label, item in zip(labels, items, strict=True)},
+            'parents': {
+                label: item.parent_pk if by_pk else item.parent for label, item in zip(labels, items, strict=True)
+            },
         }
 
     # -- running -----------------------------------------------------------------------------------------------------
@@ -363,10 +376,10 @@ class StructureGeneration:
         """
         if not items:
             return []
-        outputs, node = run_generate_structures(**self.batch_inputs(items))
+        outputs, node = run_generate_structures(**self.batch_inputs(items, by_pk=True))
         structures = list(outputs.get('structures', {}).values())
         if structures:
-            get_or_create_group(self.group_label).add_nodes(structures)
+            add_nodes_by_pk(get_or_create_group(self.group_label), stored_pks(structures))
         refused = outputs['refused'].get_dict()['items'] if 'refused' in outputs else {}
         new_items = len(items) - len(refused)
         progress.done += new_items

@@ -19,14 +19,25 @@ from aiida import orm
 from aiida.engine.processes.functions import FunctionProcess
 from aiida.engine.processes.process import Process
 from aiida.orm.nodes.caching import NodeCaching
+from aiida.orm.nodes.data.structure import StructureData
 from aiida.orm.nodes.links import NodeLinks
 from aiida.orm.nodes.node import Node, NodeBase
 from aiida.orm.nodes.process.process import ProcessNodeCaching
+from aiida.orm.nodes.repository import NodeRepository
 from aiida.orm.utils.links import LinkTriple
 from aiida.storage.psql_dos.backend import PsqlDosBackend
+from aiida.storage.psql_dos.orm.nodes import SqlaNode
+from aiida.storage.psql_dos.orm.utils import disable_expire_on_commit
 from aiida.storage.sqlite_dos.backend import SqliteDosStorage
 
-from aiida_mad.calculations.bulk import StoredInputHashCaching, bulk_link_process_class, read_arrays
+from aiida_mad.calculations.bulk import (
+    StoredInputHashCaching,
+    add_nodes_by_pk,
+    bulk_link_process_class,
+    read_arrays,
+    store_new_nodes,
+    stored_pks,
+)
 from aiida_mad.calculations.generate import BulkLinkGenerateStructures, generate_structures, run_generate_structures
 from aiida_mad.storage import store_seeds
 from aiida_mad.workflows.generate import GenerationProgress, StructureGeneration
@@ -49,6 +60,16 @@ OVERRIDDEN = {
     'NodeBase.caching': NodeBase.caching.func,
     'PsqlDosBackend._get_mapper_from_entity': PsqlDosBackend._get_mapper_from_entity,
     'SqliteDosStorage._get_mapper_from_entity': SqliteDosStorage._get_mapper_from_entity,
+    # store_new_nodes does what these do for one node, for many at once:
+    'Node.store': Node.store,
+    'NodeCaching._compute_hash': NodeCaching._compute_hash,
+    'NodeCaching.rehash': NodeCaching.rehash,
+    'NodeRepository._store': NodeRepository._store,
+    'SqlaNode.store': SqlaNode.store,
+    'disable_expire_on_commit': disable_expire_on_commit.__wrapped__,
+    # structure_from_ase (aiida_mad/calculations/generate.py) reproduces these:
+    'StructureData.set_ase': StructureData.set_ase,
+    'StructureData.append_atom': StructureData.append_atom,
 }
 PINNED = {
     'Process._setup_db_record': 'b5bea8767c6512b0',
@@ -67,6 +88,14 @@ PINNED = {
     'NodeBase.caching': 'ebdc7a79bb5a966b',
     'PsqlDosBackend._get_mapper_from_entity': 'b923406508b45d2b',
     'SqliteDosStorage._get_mapper_from_entity': '8e88e7599c646cbd',
+    'Node.store': 'd9a997971ab6e4a1',
+    'NodeCaching._compute_hash': '08bf73a8388fef84',
+    'NodeCaching.rehash': '49e33d4391778d11',
+    'NodeRepository._store': 'da9b10549979ebf4',
+    'SqlaNode.store': '19edd8ba1cbb620d',
+    'disable_expire_on_commit': '6fa10fbbebc972e2',
+    'StructureData.set_ase': 'cc9640ec78c90fc6',
+    'StructureData.append_atom': 'f2028fac49d63790',
 }
 
 
@@ -142,6 +171,33 @@ def test_bulk_linked_node_has_the_plain_nodes_process_type_label_and_hash():
     # The stored hash (inputs hashed by their stored hashes) is the one aiida-core computes from scratch.
     assert bulk.base.caching.get_hash() == plain.base.caching.get_hash()
     assert orm.load_node(bulk.pk).base.caching.compute_hash() == bulk.base.caching.get_hash()
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_store_new_nodes_stores_what_store_stores():
+    from aiida.common.links import LinkType
+
+    source = orm.Int(3).store()
+    nodes = [orm.ArrayData({'forces': np.arange(6.0).reshape(2, 3)}), orm.Dict({'a': np.float64(1.5), 'b': (1, 2)})]
+    for number, node in enumerate(nodes):
+        node.base.links.incoming_cache.append(LinkTriple(source, LinkType.INPUT_CALC, f'in{number}'))
+    with pytest.raises(ValueError, match='stored already'):
+        store_new_nodes([source])
+    store_new_nodes(nodes)
+    reference = orm.ArrayData({'forces': np.arange(6.0).reshape(2, 3)}).store()
+
+    loaded = [orm.load_node(pk) for pk in stored_pks(nodes)]
+    assert loaded[0].get_array('forces').tolist() == reference.get_array('forces').tolist()
+    assert loaded[0].base.repository.metadata == reference.base.repository.metadata
+    assert loaded[0].base.extras.get('_aiida_hash') == reference.base.extras.get('_aiida_hash')
+    assert loaded[1].get_dict() == {'a': 1.5, 'b': [1, 2]}  # cleaned as store() cleans
+    for number, node in enumerate(loaded):
+        assert node.base.caching.compute_hash() == node.base.extras.get('_aiida_hash')
+        (link,) = node.base.links.get_incoming().all()
+        assert (link.node.pk, link.link_type, link.link_label) == (source.pk, LinkType.INPUT_CALC, f'in{number}')
+    group = orm.Group('bulk').store()
+    add_nodes_by_pk(group, stored_pks(nodes))
+    assert sorted(node.pk for node in group.nodes) == sorted(node.pk for node in loaded)
 
 
 def test_bulk_link_class_is_made_per_calcfunction():

@@ -7,7 +7,7 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 
-from aiida_mad.calculations.generate import generate_structures, run_generate_structures
+from aiida_mad.calculations.generate import generate_structures, run_generate_structures, structure_from_ase
 from aiida_mad.storage import store_seeds
 from aiida_mad.structures.registry import GenerationError, generation_key, stream_rng
 from aiida_mad.workflows.generate import GenerationProgress, StructureGeneration
@@ -90,6 +90,59 @@ def test_bulk_link_path_records_what_the_plain_calcfunction_records(bulk_seeds):
         assert {k: v for k, v in bulk.base.extras.all.items() if k != '_aiida_hash'} == {
             k: v for k, v in plain.base.extras.all.items() if k != '_aiida_hash'
         }
+
+
+@pytest.mark.parametrize('subset', ['mc3d-rattled', 'mc3d-cluster'])
+def test_bulk_path_with_parents_by_pk_stores_what_the_plain_calcfunction_stores(bulk_seeds, subset):
+    # The path of StructureGeneration.run_batch: parents linked by pk, outputs stored in bulk (store_new_nodes).
+    generation = StructureGeneration(subset, count=5, seed=2)
+    items = generation.next_batch(GenerationProgress())
+    plain_outputs, plain_node = generate_structures.run_get_node(**generation.batch_inputs(items))
+    bulk_outputs, bulk_node = run_generate_structures(**generation.batch_inputs(items, by_pk=True))
+
+    assert bulk_node.base.caching.get_hash() == plain_node.base.caching.get_hash()
+    assert orm.load_node(bulk_node.pk).base.caching.compute_hash() == bulk_node.base.caching.get_hash()
+
+    def links(node, direction):
+        manager = getattr(node.base.links, f'get_{direction}')()
+        return sorted((link.link_label, link.link_type, link.node.uuid) for link in manager.all())
+
+    assert links(bulk_node, 'incoming')[1:] == links(plain_node, 'incoming')[1:]  # all but the parameters Dict
+    assert [(label, kind) for label, kind, _ in links(bulk_node, 'outgoing')] == [
+        (label, kind) for label, kind, _ in links(plain_node, 'outgoing')
+    ]
+    assert sorted(bulk_outputs['structures']) == sorted(plain_outputs['structures'])
+    for label, plain in plain_outputs['structures'].items():
+        bulk = orm.load_node(bulk_outputs['structures'][label].pk)  # as stored
+        assert bulk.base.attributes.all == plain.base.attributes.all
+        assert bulk.base.extras.all == plain.base.extras.all  # the stored hash (_aiida_hash) included
+        assert bulk.base.caching.compute_hash() == bulk.base.extras.get('_aiida_hash')
+        assert (bulk.node_type, bulk.process_type, bulk.label, bulk.description, bulk.computer, bulk.user.pk) == (
+            plain.node_type,
+            plain.process_type,
+            plain.label,
+            plain.description,
+            plain.computer,
+            plain.user.pk,
+        )
+
+
+def test_structure_from_ase_makes_the_attributes_of_set_ase():
+    from ase import Atoms
+    from ase.build import bulk, molecule
+
+    tagged = bulk('NaCl', 'rocksalt', a=5.6).repeat((2, 1, 1))
+    tagged.set_tags([0, 1, 0, 2])
+    heavy = bulk('Si', 'diamond', a=5.43).repeat((1, 1, 2))
+    heavy.set_masses([28.0855, 30.0, 28.0855 + 1e-5, 30.0])  # a new kind Si1 for 30.0; within 1e-4: the same kind
+    water = molecule('H2O')
+    water.center(vacuum=3.0)
+    water.pbc = (True, False, True)
+    cases = [tagged, heavy, water, Atoms('Cu', cell=[2.0, 2.0, 2.0], pbc=True), bulk('Fe', 'bcc', a=2.87)]
+    for atoms in cases:
+        expected = orm.StructureData(ase=atoms).base.attributes.all
+        assert structure_from_ase(atoms).base.attributes.all == expected
+    assert [kind['name'] for kind in structure_from_ase(heavy).base.attributes.get('kinds')] == ['Si', 'Si1']
 
 
 def test_same_seed_same_structures_other_seed_others(bulk_seeds):
