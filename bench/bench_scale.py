@@ -57,6 +57,8 @@ ROOT = HERE.parent
 WORK = ROOT / '.bench-scale'
 RESULTS = HERE / 'results' / 'scale.json'
 PLOT = ROOT / 'docs' / 'scale.png'
+#: Where setup_profile.sh keeps the PostgreSQL password; read before a profile of the benchmark changes AIIDA_PATH.
+AIIDA_PATH = pathlib.Path(os.environ.get('AIIDA_PATH', ROOT / '.aiida'))
 PARENT_GROUP = 'mad/structures/mc3d-rattled'
 PROCESS_GROUP = 'mad/dft/mc3d-rattled'
 SUBSET = 'mc3d-rattled'
@@ -139,8 +141,7 @@ class Stages:
 
 def _postgres_credentials() -> dict:
     """Start the local PostgreSQL cluster as ``setup_profile.sh --postgres`` does; return how to connect."""
-    aiida_path = pathlib.Path(os.environ.get('AIIDA_PATH', ROOT / '.aiida'))
-    password_file = aiida_path / 'postgres-password'
+    password_file = AIIDA_PATH / 'postgres-password'
     clusters = subprocess.run(['pg_lsclusters', '-h'], capture_output=True, text=True, check=True).stdout.split()
     if not clusters:
         raise RuntimeError('no PostgreSQL cluster (pg_lsclusters): run ./setup_profile.sh --postgres first')
