@@ -26,6 +26,7 @@ SEPARATE = {'scale'}
 def load(path: pathlib.Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses with string annotations look their module up there
     spec.loader.exec_module(module)
     return module
 
