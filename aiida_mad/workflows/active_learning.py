@@ -405,10 +405,9 @@ class ActiveLearningWorkChain(WorkChain):
         namespace = AttributeDict(dict(inputs[name]))
         namespace.dataset = orm.load_node(self.ctx.dataset)
         inputs[name] = namespace
-        inputs.metadata = {
-            'call_link_label': f'production_{self.ctx.iteration}',
-            'label': f'al production {name} on {namespace.dataset.name}',
-        }
+        label = f'al production {name} on {namespace.dataset.name}'
+        namespace.metadata = {**dict(namespace.get('metadata', {})), 'label': label}
+        inputs.metadata = {'call_link_label': f'production_{self.ctx.iteration}', 'label': label}
         node = self.submit(process, **inputs)
         self.report(f'iteration {self.ctx.iteration}: production model {process.__name__}<{node.pk}>')
         return ToContext(production=node)
@@ -698,11 +697,10 @@ def iteration_rows(node: orm.WorkflowNode) -> list[dict]:
 def production_inputs(code, dataset: DatasetData, protocol=None, overrides=None, *, base_model=None) -> dict:
     """Return the ``production`` inputs for ``code`` (``mad.mace`` or ``mad.metatrain``), without the dataset.
 
-    A code without a default plugin (as ``aiida-mad setup`` makes them) is taken by its executable, ``mace_run_train``
-    or ``mtt``.
-
     They are the inputs of the training work chain's ``get_builder_from_protocol`` on ``dataset`` (so its checks run),
     under ``production.mace`` or ``production.metatrain``; ``base_model`` (metatrain only) is the model to fine-tune.
+    A code without a default plugin (as ``aiida-mad setup`` makes them) is taken by its executable, ``mace_run_train``
+    or ``mtt``. The labels (which name ``dataset``) are left out: the work chain labels each training.
 
     :raises ValueError: for a code of another plugin, or what the training's builder refuses.
     """
@@ -724,5 +722,7 @@ def production_inputs(code, dataset: DatasetData, protocol=None, overrides=None,
         )
     inputs = builder._inputs(prune=True)
     inputs[name] = {key: value for key, value in inputs[name].items() if key != 'dataset'}
+    if 'metadata' in inputs[name]:
+        inputs[name]['metadata'] = {key: value for key, value in inputs[name]['metadata'].items() if key != 'label'}
     inputs.pop('metadata', None)
     return inputs
