@@ -629,3 +629,22 @@ def test_code_without_version_refused(pw_code, aiida_code_installed, offline_fam
     assert node.exit_status == MadDftWorkChain.exit_codes.ERROR_CODE_VERSION_UNKNOWN.status
     assert 'aiida-mad setup code-version' in node.exit_message
     assert not node.called
+
+
+def test_family_tables_read_by_query_match_the_family(offline_family):
+    """``family_md5`` and ``family_pseudos`` (one query each) give what aiida-pseudo's node-by-node API gives."""
+    from aiida_mad.workflows.dft import family_md5, family_pseudos
+
+    assert family_md5(offline_family) == {pseudo.element: pseudo.md5 for pseudo in offline_family.nodes}
+    atoms = bulk('NaCl', 'rocksalt', a=5.6)
+    atoms.set_tags([0, 1])
+    structure = orm.StructureData(ase=atoms)  # kinds Na and Cl1: kind names that are not element symbols
+    assert set(structure.get_kind_names()) == {'Na', 'Cl1'}
+    expected = offline_family.get_pseudos(structure=structure)
+    assert {kind: pseudo.uuid for kind, pseudo in family_pseudos(offline_family, structure).items()} == {
+        kind: pseudo.uuid for kind, pseudo in expected.items()
+    }
+    lacking = orm.Group(label='mad-test-family-without-na').store()
+    lacking.add_nodes([expected['Cl1']])
+    with pytest.raises(ValueError, match=r'no pseudopotential in `mad-test-family-without-na` for Na'):
+        family_pseudos(lacking, structure)
