@@ -27,7 +27,8 @@ def make_code():
         hostname='localhost',
         transport_type='core.local',
         scheduler_type='core.direct',
-        workdir=tempfile.mkdtemp(prefix='aiida-mad-bench-work-'),
+        # Inside the temporary profile's folder (AIIDA_PATH), so that the pw.x scratch goes with the profile.
+        workdir=tempfile.mkdtemp(prefix='aiida-mad-bench-work-', dir=os.environ.get('AIIDA_PATH')),
     ).store()
     computer.configure(safe_interval=0.0)
     computer.set_default_mpiprocs_per_machine(os.cpu_count() or 1)
