@@ -100,6 +100,7 @@ class Stages:
 
     def __init__(self, backend: str, size: int, output: pathlib.Path | None = None):
         self.backend, self.size, self.rows, self.info, self.output = backend, size, [], {}, output
+        self.generate_limit = 0  # generate at most this many structures (0: all), see copy_structures
 
     def save(self) -> None:
         """Write the rows and info so far to ``output`` (after every stage: a run cut short keeps its figures)."""
@@ -397,18 +398,72 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
     return len(nodes)
 
 
+def copy_structures(count: int) -> None:
+    """Insert ``count`` copies of the generated structures in bulk into the parent group (not a timed stage).
+
+    For ``--generate-limit``: each copy has a new UUID, the attributes and extras of its original, a distinct
+    ``mad_generation_key`` and ``mad_copy_of`` (the original's UUID), and no provenance.
+    """
+    import uuid as uuid_module
+
+    from aiida import orm
+    from aiida.common.timezone import now
+    from aiida.orm.entities import EntityTypes
+    from sqlalchemy import insert
+
+    storage = orm.Node.collection.backend
+    group = orm.load_group(PARENT_GROUP)
+    query = orm.QueryBuilder().append(orm.Group, filters={'id': group.pk}, tag='g')
+    query.append(orm.StructureData, with_group='g', project=['uuid', 'attributes', 'extras'])
+    originals = query.all()
+    user_id, ctime, rows = orm.User.collection.get_default().pk, now(), []
+    for number in range(count):
+        uuid, attributes, extras = originals[number % len(originals)]
+        extras = {**extras, 'mad_generation_key': f'{extras["mad_generation_key"]}-copy{number}', 'mad_copy_of': uuid}
+        rows.append(
+            {
+                'uuid': str(uuid_module.uuid4()),
+                'node_type': orm.StructureData.class_node_type,
+                'process_type': None,
+                'label': '',
+                'description': '',
+                'ctime': ctime,
+                'mtime': ctime,
+                'attributes': attributes,
+                'extras': extras,
+                'repository_metadata': {},
+                'dbcomputer_id': None,
+                'user_id': user_id,
+            }
+        )
+    session = storage.get_session()
+    with storage.transaction():
+        for first in range(0, len(rows), 5000):
+            chunk = rows[first : first + 5000]
+            session.execute(insert(_table(EntityTypes.NODE)), chunk)
+            ids = orm.QueryBuilder().append(
+                orm.Node, filters={'uuid': {'in': [row['uuid'] for row in chunk]}}, project='id'
+            )
+            session.execute(
+                insert(_table(EntityTypes.GROUP_NODE)),
+                [{'dbnode_id': pk, 'dbgroup_id': group.pk} for pk in ids.all(flat=True)],
+            )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One (backend, N) run
 
 
-def run_one(backend: str, size: int, keep: bool, output: pathlib.Path | None = None) -> dict:
+def run_one(backend: str, size: int, keep: bool, output: pathlib.Path | None = None, generate_limit: int = 0) -> dict:
     """Run every stage for ``size`` structures on ``backend`` in a throw-away profile; return rows and info.
 
     :param output: where the rows and info are written after every stage and at the end.
+    :param generate_limit: generate at most this many structures, copy the rest (0: generate all).
     """
     folder = WORK / f'{backend}-{size}-{os.getpid()}'
     folder.mkdir(parents=True, exist_ok=True)
     stages = Stages(backend, size, output)
+    stages.generate_limit = generate_limit
     try:
         with profile(backend, folder) as (_, database):
             _run_stages(stages, folder, database)
@@ -449,10 +504,16 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     code.base.extras.set(CODE_VERSION_EXTRA, detect_pw_version(PW))
     orm.Group(label=PROCESS_GROUP).store()
 
-    with stages.stage('generate', size, 'structures'):
-        generation = StructureGeneration(SUBSET, count=size, seed=1, group_label=PARENT_GROUP)
+    generated = min(size, stages.generate_limit or size)
+    with stages.stage('generate' if generated == size else f'generate {generated}', generated, 'structures'):
+        generation = StructureGeneration(SUBSET, count=generated, seed=1, group_label=PARENT_GROUP)
         progress = generation.run()
-    assert progress.new_structures == size, generation.summary(progress)
+    assert progress.new_structures == generated, generation.summary(progress)
+    if generated < size:
+        start = time.perf_counter()
+        copy_structures(size - generated)
+        stages.info.update(generated=generated, copy_seconds=time.perf_counter() - start)
+        stages.save()
 
     controller = DftSubmissionController(
         parent_group_label=PARENT_GROUP,
@@ -530,7 +591,10 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
             paths = export_subset_archives(dft_workchains_by_subset(dataset), directory)
         stages.info['archive_bytes_per_structure'] = sum(path.stat().st_size for path in paths.values()) / size
 
-    source = str(dataset.index()['source_uuid'][size // 3])
+    sources = [str(uuid) for uuid in dataset.index()['source_uuid']]
+    query = orm.QueryBuilder().append(orm.StructureData, project=['uuid', 'extras.mad_copy_of'])
+    copies = {uuid for uuid, copy_of in query.iterall() if copy_of}
+    source = next(uuid for uuid in sources[size // 3 :] + sources if uuid not in copies)  # generated: provenance
     with stages.stage('lineage', 1, 'frames'):
         found = lineage(source)
     assert found['datasets'] and found['generation'], found
@@ -683,11 +747,18 @@ def main(argv=None) -> int:
     )
     parser.add_argument('--plot', type=pathlib.Path, default=PLOT, help=f'the plot to write (default: {PLOT})')
     parser.add_argument('--plot-only', action='store_true', help='only redraw the plot from the results file')
+    parser.add_argument(
+        '--generate-limit',
+        type=int,
+        default=0,
+        help='generate at most this many structures (stage "generate <M>"); the rest are copies inserted in bulk, '
+        'without provenance (to reach the later stages at large N sooner; default: no limit)',
+    )
     args = parser.parse_args(argv)
 
     if args.one:
         backend, size = args.one[0], int(args.one[1])
-        run_one(backend, size, args.keep, args.output)
+        run_one(backend, size, args.keep, args.output, args.generate_limit)
         return 0
 
     if args.plot_only:
@@ -707,6 +778,7 @@ def main(argv=None) -> int:
             output = WORK / f'result-{backend}-{size}-{os.getpid()}.json'
             output.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, __file__, '--one', backend, str(size), '--output', str(output)]
+            command += ['--generate-limit', str(args.generate_limit)]
             if args.keep:
                 command.append('--keep')
             returncode = subprocess.run(command, check=False).returncode
