@@ -11,6 +11,12 @@ cells with 2 to 8 atoms, random forces, stresses and energies; one frame in five
    writing each split with ``ase.io.write`` (shards decompressed in memory first: ``ase.io.read`` on a gzip stream
    seeks back and forth and becomes quadratic, about 50 frames/s).
 
+The per-subset AiiDA archives are compared separately, in one process on a profile kept by the scale benchmark
+(``python bench/bench_scale.py --one sqlite 10000 --keep``, then
+``python bench/bench_export.py --archives .bench-scale/sqlite-10000-PID``): aiida-core's ``create_archive`` followed
+by the scrubbing (``writer='aiida'``, deflate level 6 as before) next to the bulk writer (``writer='bulk'``, at
+level 1 and 6), with the CPU seconds and frames per CPU second of each.
+
 The AiiDA-level comparison asked by the issue (the exporter of a stored dataset against loading every DFT node and
 converting it) belongs to the dataset benchmark of the AiiDA layer; this one measures the formatting underneath.
 """
@@ -178,3 +184,49 @@ def run() -> list[Row]:
             'ase.io.read + ase.io.write',
         ),
     ]
+
+
+def archives_side_by_side(folder: pathlib.Path, group: str = 'mad/dft/mc3d-rattled', profile: str = 'scale') -> None:
+    """Time both archive writers on the work chains of ``group`` in the profile kept in ``folder``; print the rows."""
+    import resource
+
+    os.environ['AIIDA_PATH'] = str(pathlib.Path(folder).resolve() / '.aiida')
+    from aiida import load_profile, orm
+
+    load_profile(profile, allow_switch=True)
+    from aiida_mad.export.archive import export_subset_archives
+    from aiida_mad.export.dataset import quiet_archive_logger
+
+    query = orm.QueryBuilder().append(orm.Group, filters={'label': group}, tag='group')
+    query.append(orm.WorkflowNode, with_group='group', project=['uuid', 'id'])
+    pks = [pk for _, pk in sorted(query.all())]
+    count = len(pks)
+    for name, options in (
+        ('create_archive + scrub, level 6', {'writer': 'aiida', 'compression': 6}),
+        ('bulk writer, level 1 (default)', {'writer': 'bulk', 'compression': 1}),
+        ('bulk writer, level 6', {'writer': 'bulk', 'compression': 6}),
+    ):
+        with tempfile.TemporaryDirectory(dir=folder) as directory, quiet_archive_logger():
+            start, cpu = time.perf_counter(), time.process_time()
+            paths = export_subset_archives({'subset': pks}, directory, **options)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            size = sum(path.stat().st_size for path in paths.values())
+        print(
+            f'  archives, {name:<32} N={count}: wall {wall:8.2f} s, CPU {cpu:7.2f} s, '
+            f'{count / cpu:6.0f} frames per CPU second, {size / 1e6:.1f} MB',
+            flush=True,
+        )
+    print(f'  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB')
+
+
+if __name__ == '__main__':
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--archives', type=pathlib.Path, metavar='FOLDER', help='a profile kept by bench_scale.py')
+    parser.add_argument('--group', default='mad/dft/mc3d-rattled')
+    arguments = parser.parse_args()
+    if arguments.archives:
+        archives_side_by_side(arguments.archives, arguments.group)
+    else:
+        run()

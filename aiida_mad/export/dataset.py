@@ -33,10 +33,12 @@ class ExportError(ValueError):
     """An export cannot be written; the message says why and nothing was written."""
 
 
-def dft_workchains_by_subset(dataset) -> dict[str, list]:
-    """Return ``{subset: [MadDftWorkChain nodes]}`` of the frames of ``dataset``, plus ``isolated-atom``.
+def dft_workchains_by_subset(dataset) -> dict[str, list[int]]:
+    """Return ``{subset: [pks of the MadDftWorkChain nodes]}`` of the frames of ``dataset``, plus ``isolated-atom``.
 
-    ``isolated-atom`` holds the ``IsolatedAtomsWorkChain`` nodes that returned the baseline tables.
+    ``isolated-atom`` holds the ``IsolatedAtomsWorkChain`` nodes that returned the baseline tables. Each list is
+    sorted by uuid. Pks, not nodes: loading 10⁵ ORM nodes costs more than the archives need
+    (:func:`aiida_mad.export.archive.export_subset_archives` takes either).
     """
     from aiida import orm
 
@@ -47,17 +49,18 @@ def dft_workchains_by_subset(dataset) -> dict[str, list]:
         rows = []
         for first in range(0, len(uuids), 5_000):
             query = orm.QueryBuilder().append(
-                orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}}, project=['uuid', '*']
+                orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}}, project=['uuid', 'id']
             )
             rows.extend(query.iterall())
-        # Sorted by the projected uuid: `node.uuid` would reload each node after a commit (one query each).
-        by_subset[subset] = [node for _, node in sorted(rows, key=lambda row: row[0])]
+        by_subset[subset] = [pk for _, pk in sorted(rows)]
     tables = dataset.selection.get('atomic_energies', [])
     if tables:
         query = orm.QueryBuilder()
         query.append(orm.Dict, filters={'uuid': {'in': tables}}, tag='table')
-        query.append(orm.WorkflowNode, with_outgoing='table', edge_filters={'label': 'energies'}, project='*')
-        by_subset['isolated-atom'] = sorted(set(query.all(flat=True)), key=lambda node: node.uuid)
+        query.append(
+            orm.WorkflowNode, with_outgoing='table', edge_filters={'label': 'energies'}, project=['uuid', 'id']
+        )
+        by_subset['isolated-atom'] = [pk for _, pk in sorted(set(query.all()))]
     return by_subset
 
 

@@ -14,6 +14,7 @@ by the `mc3d` run), so a wrong rule fails the equality.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -394,3 +395,123 @@ def test_fresh_profile_is_empty_and_reports_failures(tmp_path):
     # The test session's profile is untouched, and a new directory means a new, empty profile.
     count = run_in_fresh_profile('from aiida import orm; print(orm.QueryBuilder().append(orm.Int).count())', tmp_path)
     assert count.split() == ['0']
+
+
+def archive_content(path) -> dict[str, object]:
+    """Return everything an archive holds, order-free: the rows of every table (JSON parsed; link ids, which the
+    import ignores, left out), the repository objects by name with their sha256, the metadata (without its time)."""
+    import hashlib
+    import sqlite3
+    import tempfile
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as work:
+        names = archive.namelist()
+        assert names[:2] == ['metadata.json', 'db.sqlite3']  # where aiida-core looks for them
+        metadata = json.loads(archive.read('metadata.json'))
+        database = os.path.join(work, 'db.sqlite3')
+        with open(database, 'wb') as handle:
+            handle.write(archive.read('db.sqlite3'))
+        connection = sqlite3.connect(database)
+        content: dict[str, object] = {}
+        for (table,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")').fetchall()]
+            rows = []
+            for values in connection.execute(f'SELECT * FROM "{table}"').fetchall():
+                row = dict(zip(columns, values, strict=True))
+                if table == 'db_dblink':
+                    row.pop('id')
+                for key, value in row.items():
+                    if isinstance(value, str) and value[:1] in '{[':
+                        with contextlib.suppress(ValueError):  # JSON columns; a text such as `[scrubbed]` stays
+                            row[key] = json.loads(value)
+                rows.append(json.dumps(row, sort_keys=True))
+            content[table] = sorted(rows)
+        content['indexes'] = sorted(
+            sql for (sql,) in connection.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if sql
+        )
+        connection.close()
+        content['repository'] = sorted(
+            (name, hashlib.sha256(archive.read(name)).hexdigest()) for name in names if name.startswith('repo/')
+        )
+    metadata.pop('ctime')
+    metadata['creation_parameters']['entities_starting_set']['node'].sort()
+    content['metadata'] = metadata
+    return content
+
+
+#: Dumps every node of the profile after importing the archives given as arguments (JSON on the last line).
+IMPORTED_CONTENT = """
+    import json
+
+    from aiida import orm
+    from aiida.tools.archive import import_archive
+
+    for path in json.loads({paths!r}):
+        import_archive(path)
+    nodes = {{}}
+    for node in orm.QueryBuilder().append(orm.Node).all(flat=True):
+        nodes[node.uuid] = {{
+            'class': type(node).__name__,
+            'process_type': node.process_type,
+            'label': node.label,
+            'description': node.description,
+            'ctime': node.ctime.isoformat(),
+            'mtime': node.mtime.isoformat(),
+            'attributes': node.base.attributes.all,
+            'extras': node.base.extras.all,
+            'repository': node.base.repository.serialize(),  # object keys: the sha256 of their content
+            'computer': node.computer.label if node.computer else None,
+            'user': node.user.email,
+            'logs': sorted(log.message for log in orm.Log.collection.get_logs_for(node)),
+            'comments': sorted(comment.content for comment in node.base.comments.all()),
+        }}
+    query = orm.QueryBuilder().append(orm.Node, project='uuid', tag='in')
+    query.append(orm.Node, with_incoming='in', project='uuid', edge_project=['type', 'label'])
+    computers = [
+        [computer.label, computer.hostname, computer.description, computer.metadata]
+        for computer in orm.Computer.collection.all()
+    ]
+    users = sorted([user.email, user.first_name, user.last_name] for user in orm.User.collection.all())
+    print(json.dumps({{'nodes': nodes, 'links': sorted(query.all()), 'computers': computers, 'users': users}}))
+"""
+
+
+def test_bulk_writer_gives_what_create_archive_gives(nodes, tmp_path):
+    """The bulk writer against aiida-core's ``create_archive`` + ``scrub_archive`` (``writer='aiida'``): the same
+    rows, repository objects and metadata in the archives (published and private), and a fresh profile importing
+    either set of published archives holds the same nodes, links, attributes, extras and repository content."""
+    subsets = {subset: nodes[subset] for subset in SUBSETS}
+    written = {}
+    for writer in ('aiida', 'bulk'):
+        for private_data in (False, True):
+            paths = export_subset_archives(
+                subsets, tmp_path / f'{writer}-{private_data}', writer=writer, private_data=private_data
+            )
+            written[writer, private_data] = paths
+    for private_data in (False, True):
+        for subset in SUBSETS:
+            reference = archive_content(written['aiida', private_data][subset])
+            bulk = archive_content(written['bulk', private_data][subset])
+            assert bulk.keys() == reference.keys()
+            for key in reference:
+                assert bulk[key] == reference[key], (subset, private_data, key)
+            assert len(reference['db_dbnode']) > 10 and reference['repository'], subset
+    scrubbed = archive_content(written['bulk', False]['mc3d'])
+    private = archive_content(written['bulk', True]['mc3d'])
+    assert scrubbed['db_dbuser'] != private['db_dbuser'] and scrubbed['repository'] != private['repository']
+
+    imported = {}
+    for writer in ('aiida', 'bulk'):
+        paths = json.dumps([str(written[writer, False][subset]) for subset in SUBSETS])
+        output = FreshProfile(tmp_path / f'fresh-{writer}').run(IMPORTED_CONTENT.format(paths=paths))
+        imported[writer] = json.loads(output.strip().splitlines()[-1])
+    reference, bulk = imported['aiida'], imported['bulk']
+    assert bulk['nodes'].keys() == reference['nodes'].keys()
+    assert set().union(*(archive_summary(path)['uuids'] for path in written['bulk', False].values())) == set(
+        bulk['nodes']
+    )
+    for uuid, node in reference['nodes'].items():
+        assert bulk['nodes'][uuid] == node, (uuid, node['class'])
+    assert bulk['links'] == reference['links'] and len(bulk['links']) > len(bulk['nodes'])
+    assert bulk['computers'] == reference['computers'] and bulk['users'] == reference['users']
