@@ -52,7 +52,7 @@ everything (for a private backup).
 **Writer.** :func:`write_archive` writes the archive itself, in aiida-core's format (``sqlite_zip``: the same
 SQLite schema, metadata and ``repo/<sha256>`` members; ``verdi archive import`` reads it), instead of aiida-core's
 ``create_archive``, which walks the graph with one ``QueryBuilder`` step per rule and converts every row to ORM
-entities and back (about 240 frames per CPU second, 7 minutes of CPU for 10⁵ structures, most of the export). The
+entities and back (about 250 frames per CPU second, 7 minutes of CPU for 10⁵ structures, most of the export). The
 node set is the same closure (one query per 10 000 nodes and step), the rows are copied as the database stores them
 (JSON as text), the scrubbing is applied on the way, and the repository objects are streamed into the ZIP file;
 ``tests/export/test_archive.py::test_bulk_writer_gives_what_create_archive_gives`` checks that both give the same
