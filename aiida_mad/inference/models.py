@@ -279,8 +279,10 @@ class Model:
         if descriptors:
             self.check_descriptors()
         frames = [_bare(frame) for frame in frames]
-        with_energy = descriptors and self.kind == 'mace'
-        prediction = self._predict_energy(frames, batch_size, with_energy) if 'energy' in self.targets else Prediction()
+        in_energy_pass = descriptors and self.kind == 'mace'  # MACE: node features of the energies' forward pass
+        prediction = (
+            self._predict_energy(frames, batch_size, in_energy_pass) if 'energy' in self.targets else Prediction()
+        )
         if 'dos' in self.targets:
             prediction.dos = self._predict_dos(frames, batch_size)
         if descriptors and prediction.descriptors is None:
