@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import pathlib
 import tempfile
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from aiida import orm
@@ -70,11 +71,82 @@ def frame_index(frames: Sequence[Atoms], dft_uuids: Sequence[str] | None = None)
     }
 
 
+def _index_bytes(columns: dict[str, np.ndarray]) -> bytes:
+    """Return ``index.npz`` as ``np.savez_compressed`` writes it, with a fixed time stamp: the same bytes each time."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for key, value in columns.items():
+            info = zipfile.ZipInfo(f'{key}.npy', date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, 'w', force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class _DatasetWriter:
+    """Write the shards, index and summary of a dataset from frames given a block at a time, in canonical order.
+
+    Only the open shard, the index columns and one digest per frame are kept: building a dataset of 10⁵ frames
+    does not hold 10⁵ frames. Checks as :func:`~aiida_mad.dataset.frames.validate_frames` does: every frame
+    (vectorised per block), one fingerprint, one frame per source uuid; and that the frames come in canonical order.
+    """
+
+    def __init__(self, folder: pathlib.Path, frames_per_shard: int):
+        from aiida_mad.dataset.extxyz import ShardWriter
+        from aiida_mad.dataset.frames import FrameSummary
+
+        self.shards = ShardWriter(folder, frames_per_shard)
+        self.summary = FrameSummary()
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self.sources: set[str] = set()
+        self.last_key: tuple[str, str] | None = None
+
+    def __enter__(self) -> _DatasetWriter:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.shards.__exit__(*exception)
+
+    def add(self, frames: Sequence[Atoms], dft_uuids: Sequence[str] | None = None) -> None:
+        """Check ``frames`` and write them after those added before."""
+        from aiida_mad.dataset.frames import FrameError, check_frames
+
+        if dft_uuids is not None and len(dft_uuids) != len(frames):
+            raise ValueError(f'{len(dft_uuids)} DFT uuids for {len(frames)} frames')
+        check_frames(frames)
+        start = self.summary.n_frames
+        for offset, frame in enumerate(frames):
+            key = (frame.info['subset'], frame.info['source_uuid'])
+            if key[1] in self.sources:
+                raise FrameError(f'frame {start + offset} has the same source_uuid {key[1]} as an earlier frame')
+            if self.last_key is not None and key < self.last_key:
+                raise FrameError(f'frame {start + offset} ({key}) comes after {self.last_key}: not in canonical order')
+            self.sources.add(key[1])
+            self.last_key = key
+        self.summary.add(frames)
+        if len(self.summary.fingerprints) > 1:
+            found = ', '.join(f'{value} ({count} frames)' for value, count in self.summary.fingerprints.most_common())
+            raise FrameError(f'frames mix {len(self.summary.fingerprints)} level-of-theory fingerprints: {found}')
+        self.shards.write(frames, validate=False)
+        for key, column in frame_index(frames, dft_uuids).items():
+            if key != 'offsets':
+                self.columns.setdefault(key, []).append(column)
+
+    def index(self) -> dict[str, np.ndarray]:
+        """Return the index columns of every frame added (see :func:`frame_index`)."""
+        columns = {key: np.concatenate(blocks) for key, blocks in self.columns.items()}
+        offsets = np.zeros(len(columns['natoms']) + 1, dtype=np.int64)
+        np.cumsum(columns['natoms'], out=offsets[1:])
+        columns['offsets'] = offsets
+        return columns
+
+
 class DatasetData(orm.Data):
     """A MAD dataset: frames of one level of theory, split per subset, with their selection record.
 
     Build it with the ``mad.dataset`` work chain (``aiida-mad dataset build``), which links it to every DFT result
-    it holds; the constructor is the low-level part that stores given frames.
+    it holds; the constructor is the low-level part that stores given frames, :meth:`from_blocks` the one that streams
+    them.
     """
 
     def __init__(
@@ -104,9 +176,7 @@ class DatasetData(orm.Data):
         super().__init__(**kwargs)
         if frames is None:
             return
-        from aiida_mad.dataset.extxyz import write_shards
-        from aiida_mad.dataset.frames import content_hash, sorted_frames, summarize, validate_frames
-        from aiida_mad.dataset.splits import validate_fractions
+        from aiida_mad.dataset.frames import sorted_frames, validate_frames
 
         if not name:
             raise ValueError('a dataset needs a name')
@@ -120,20 +190,69 @@ class DatasetData(orm.Data):
         frames = sorted_frames(frames)
         if dft_uuids is not None:
             dft_uuids = [dft_uuids[order[id(frame)]] for frame in frames]
-        summary = summarize(frames)
+        self._write(
+            [(frames, dft_uuids)],
+            name=name,
+            seed=seed,
+            fractions=fractions,
+            selection=selection,
+            atomic_energies=atomic_energies,
+            frames_per_shard=frames_per_shard,
+        )
+
+    @classmethod
+    def from_blocks(
+        cls,
+        blocks: Iterable[tuple[Sequence[Atoms], Sequence[str] | None]],
+        *,
+        name: str,
+        seed: int | None = None,
+        fractions: Sequence[float] | None = None,
+        selection: dict | None = None,
+        atomic_energies: dict[str, float] | None = None,
+        frames_per_shard: int = 10_000,
+    ) -> DatasetData:
+        """Return a new dataset from ``(frames, dft_uuids)`` blocks in canonical order (subset, then source uuid).
+
+        The same node as the constructor given every frame at once (same repository bytes and attributes), but each
+        block is checked, written to the shards and dropped before the next is read: the blocks can come from a
+        generator, so memory does not grow with the number of frames. Raises ``FrameError`` as the constructor does,
+        and also when the frames are not in canonical order.
+        """
+        node = cls()
+        node._write(
+            blocks,
+            name=name,
+            seed=seed,
+            fractions=fractions,
+            selection=selection,
+            atomic_energies=atomic_energies,
+            frames_per_shard=frames_per_shard,
+        )
+        return node
+
+    def _write(self, blocks, *, name, seed, fractions, selection, atomic_energies, frames_per_shard: int) -> None:
+        """Write the shards and the index of ``blocks`` to the repository, and set the attributes."""
+        from aiida_mad.dataset.splits import validate_fractions
+
+        if not name:
+            raise ValueError('a dataset needs a name')
         with tempfile.TemporaryDirectory() as folder:
-            paths = write_shards(frames, folder, frames_per_shard)
-            for path in paths:
+            with _DatasetWriter(pathlib.Path(folder), frames_per_shard) as writer:
+                for frames, dft_uuids in blocks:
+                    writer.add(frames, dft_uuids)
+            if writer.summary.n_frames == 0:
+                raise ValueError(f'dataset {name}: no frames')
+            for path in writer.shards.paths:
                 self.base.repository.put_object_from_file(str(path), f'{SHARD_FOLDER}/{path.name}')
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, **frame_index(frames, dft_uuids))
-            self.base.repository.put_object_from_bytes(buffer.getvalue(), INDEX_FILE)
+            self.base.repository.put_object_from_bytes(_index_bytes(writer.index()), INDEX_FILE)
+        summary = writer.summary.summary()
         self.base.attributes.set_many(
             {
                 'format_version': FORMAT_VERSION,
                 'name': name,
                 'fingerprint': summary['fingerprints'][0],
-                'content_hash': content_hash(frames),
+                'content_hash': writer.summary.content_hash(),
                 'n_frames': summary['n_frames'],
                 'n_atoms': summary['n_atoms'],
                 'counts': summary['counts'],
@@ -147,7 +266,7 @@ class DatasetData(orm.Data):
                 'fractions': list(validate_fractions(fractions)) if fractions is not None else None,
                 'selection': selection or {},
                 'atomic_energies': dict(sorted((atomic_energies or {}).items())),
-                'shards': [path.name for path in paths],
+                'shards': [path.name for path in writer.shards.paths],
             }
         )
 

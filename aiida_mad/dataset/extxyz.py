@@ -59,6 +59,7 @@ from .frames import SPLITS, STRING_INFO, FrameError, check_frames
 __all__ = [
     'FILE_KEYS',
     'PROPERTIES',
+    'ShardWriter',
     'read_extxyz',
     'read_shards',
     'split_file_names',
@@ -279,21 +280,69 @@ def write_shards(
     :param compresslevel: gzip level.
     :return: the shard paths, in order.
     """
-    if isinstance(frames_per_shard, bool) or not isinstance(frames_per_shard, int) or frames_per_shard < 1:
-        raise ValueError(f'frames_per_shard must be a positive integer, got {frames_per_shard!r}')
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    existing = sorted(directory.glob(SHARD_GLOB))
-    if existing:
-        raise FileExistsError(f'{directory} already holds {len(existing)} shard(s), e.g. {existing[0].name}')
-    frames = list(frames)
-    check_frames(frames)
-    paths = []
-    for number, first in enumerate(range(0, len(frames), frames_per_shard)):
-        path = directory / f'{prefix}-{number:05d}.extxyz.gz'
-        write_extxyz(frames[first : first + frames_per_shard], path, validate=False, compresslevel=compresslevel)
-        paths.append(path)
-    return paths
+    with ShardWriter(directory, frames_per_shard, prefix=prefix, compresslevel=compresslevel) as writer:
+        writer.write(list(frames))
+    return writer.paths
+
+
+class ShardWriter:
+    """Write the shards of :func:`write_shards` from frames given a block at a time (a context manager).
+
+    The files are byte for byte those :func:`write_shards` writes from all the blocks at once, however the frames are
+    cut into blocks; only the shard being written is open, so memory does not grow with the number of frames.
+    Leaving the ``with`` block on an exception removes every shard written.
+    """
+
+    def __init__(self, directory, frames_per_shard: int = 10_000, *, prefix: str = 'frames', compresslevel: int = 6):
+        """Check the arguments; ``directory`` is created if needed and must not contain shards already."""
+        if isinstance(frames_per_shard, bool) or not isinstance(frames_per_shard, int) or frames_per_shard < 1:
+            raise ValueError(f'frames_per_shard must be a positive integer, got {frames_per_shard!r}')
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = sorted(self.directory.glob(SHARD_GLOB))
+        if existing:
+            raise FileExistsError(f'{self.directory} already holds {len(existing)} shard(s), e.g. {existing[0].name}')
+        self.frames_per_shard = frames_per_shard
+        self.prefix = prefix
+        self.compresslevel = compresslevel
+        #: The shards written so far (the last one may still be open), in order.
+        self.paths: list[pathlib.Path] = []
+        self._handle = None
+        self._room = 0  # frames the open shard can still take
+
+    def write(self, frames: Sequence[Atoms], *, validate: bool = True) -> None:
+        """Append ``frames`` to the shards, first checked with :func:`~aiida_mad.dataset.frames.check_frames`."""
+        if validate:
+            check_frames(frames)
+        first = 0
+        while first < len(frames):
+            if self._room == 0:
+                self._next_shard()
+            block = frames[first : first + self._room]
+            _write_blocks(block, self._handle, 'nan')
+            self._room -= len(block)
+            first += len(block)
+
+    def _next_shard(self) -> None:
+        self._close_shard()
+        path = self.directory / f'{self.prefix}-{len(self.paths):05d}.extxyz.gz'
+        self._handle = _open_text(path, 'w', self.compresslevel, gzipped=True)
+        self.paths.append(path)
+        self._room = self.frames_per_shard
+
+    def _close_shard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self._close_shard()
+        if kind is not None:
+            for path in self.paths:
+                path.unlink(missing_ok=True)
 
 
 def _shard_paths(source) -> list[pathlib.Path]:

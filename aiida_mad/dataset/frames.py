@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -42,6 +43,7 @@ from ase.data import chemical_symbols
 __all__ = [
     'SPLITS',
     'FrameError',
+    'FrameSummary',
     'check_frames',
     'content_hash',
     'frame_label',
@@ -70,6 +72,10 @@ _REQUIRED_INFO_SET = frozenset(REQUIRED_INFO)
 _BOOL_WORDS = frozenset({'T', 'F', 'true', 'false', 'True', 'False', 'TRUE', 'FALSE'})
 _UNSAFE_CHARACTERS = re.compile(r'[\s"\'{}\[\]=,\\]')
 _HASH_VERSION = b'aiida-mad-frame-v1'
+_INFO_KEYS = [
+    (key, f'{key}='.encode(), f'{key}-'.encode()) for key in ('energy', 'energy_baseline_subtracted', 'stress', 'dos')
+]
+_FLOAT = struct.Struct('<d')
 
 
 class FrameError(ValueError):
@@ -373,25 +379,68 @@ def summarize(frames: Sequence[Atoms]) -> dict:
         ``split_counts`` (split -> frames), ``elements`` (symbols by atomic number), ``fingerprints`` (sorted),
         ``n_with_stress``, ``n_with_dos`` and ``n_with_baseline``.
     """
-    counts: dict[str, dict[str, int]] = {}
-    numbers: set[int] = set()
-    n_atoms = 0
-    for frame in frames:
-        per_subset = counts.setdefault(frame.info['subset'], dict.fromkeys(SPLITS, 0))
-        per_subset[frame.info['split']] += 1
-        numbers.update(np.unique(frame.numbers).tolist())
-        n_atoms += len(frame)
-    return {
-        'n_frames': len(frames),
-        'n_atoms': n_atoms,
-        'counts': {subset: counts[subset] for subset in sorted(counts)},
-        'split_counts': {split: sum(per_subset[split] for per_subset in counts.values()) for split in SPLITS},
-        'elements': [chemical_symbols[number] for number in sorted(numbers)],
-        'fingerprints': sorted({frame.info['fingerprint'] for frame in frames}),
-        'n_with_stress': sum('stress' in frame.info for frame in frames),
-        'n_with_dos': sum('dos' in frame.info for frame in frames),
-        'n_with_baseline': sum('energy_baseline_subtracted' in frame.info for frame in frames),
-    }
+    return FrameSummary(digests=False).add(frames).summary()
+
+
+class FrameSummary:
+    """The counts of :func:`summarize` and the content hash of :func:`content_hash`, accumulated block by block.
+
+    A dataset of 10⁵ frames is built a block at a time: this keeps what the node's attributes need (counts, elements,
+    fingerprints) and the 32-byte digest of each frame, never the frames.
+    """
+
+    def __init__(self, *, digests: bool = True):
+        """Start empty; ``digests=False`` skips the per-frame digests (no :meth:`content_hash`)."""
+        self.n_frames = 0
+        self.n_atoms = 0
+        self.counts: dict[str, dict[str, int]] = {}
+        self.numbers: set[int] = set()
+        self.fingerprints: Counter = Counter()
+        self.n_with_stress = self.n_with_dos = self.n_with_baseline = 0
+        self.digests: list[bytes] | None = [] if digests else None
+
+    def add(self, frames: Sequence[Atoms]) -> FrameSummary:
+        """Count ``frames`` (and keep their digests); return this summary."""
+        counts = self.counts
+        for frame in frames:
+            info = frame.info
+            per_subset = counts.get(info['subset'])
+            if per_subset is None:
+                per_subset = counts[info['subset']] = dict.fromkeys(SPLITS, 0)
+            per_subset[info['split']] += 1
+            self.fingerprints[info['fingerprint']] += 1
+            self.n_with_stress += 'stress' in info
+            self.n_with_dos += 'dos' in info
+            self.n_with_baseline += 'energy_baseline_subtracted' in info
+        if frames:
+            numbers = np.concatenate([frame.numbers for frame in frames])
+            self.numbers.update(np.unique(numbers).tolist())
+            self.n_atoms += len(numbers)
+        self.n_frames += len(frames)
+        if self.digests is not None:
+            self.digests.extend(frame_digest(frame) for frame in frames)
+        return self
+
+    def summary(self) -> dict:
+        """Return the counts as :func:`summarize` does."""
+        counts = self.counts
+        return {
+            'n_frames': self.n_frames,
+            'n_atoms': self.n_atoms,
+            'counts': {subset: counts[subset] for subset in sorted(counts)},
+            'split_counts': {split: sum(per_subset[split] for per_subset in counts.values()) for split in SPLITS},
+            'elements': [chemical_symbols[number] for number in sorted(self.numbers)],
+            'fingerprints': sorted(self.fingerprints),
+            'n_with_stress': self.n_with_stress,
+            'n_with_dos': self.n_with_dos,
+            'n_with_baseline': self.n_with_baseline,
+        }
+
+    def content_hash(self) -> str:
+        """Return the :func:`content_hash` of every frame added."""
+        if self.digests is None:
+            raise ValueError('this summary keeps no digests: make it with digests=True')
+        return _hash_digests(self.digests)
 
 
 def _canonical_floats(values) -> bytes:
@@ -402,24 +451,32 @@ def _canonical_floats(values) -> bytes:
     return array.tobytes()
 
 
+def _info_digest(digest, info: dict) -> None:
+    """Add the ``info`` part of a frame to its digest (see :func:`frame_digest`)."""
+    for key, present, absent in _INFO_KEYS:
+        value = info.get(key)
+        if value is None:
+            digest.update(absent)
+        elif isinstance(value, float) and not math.isnan(value):  # a shape () array: no shape bytes
+            digest.update(present + _FLOAT.pack(value))
+        else:
+            digest.update(present)
+            array = np.asarray(value, dtype=float)
+            digest.update(np.asarray(array.shape, dtype='<i8').tobytes())
+            digest.update(_canonical_floats(array))
+    for key in STRING_INFO:
+        digest.update(f'\x00{key}={info[key]}'.encode())
+
+
 def frame_digest(frame: Atoms) -> bytes:
     """Return the sha256 digest of everything a frame holds (exact values, no rounding)."""
-    info = frame.info
     digest = hashlib.sha256(_HASH_VERSION)
     digest.update(np.ascontiguousarray(frame.numbers, dtype='<i8').tobytes())
     digest.update(_canonical_floats(frame.positions))
     digest.update(_canonical_floats(frame.cell.array))
     digest.update(np.asarray(frame.pbc, dtype=np.uint8).tobytes())
     digest.update(_canonical_floats(frame.arrays['forces']))
-    for key in ('energy', 'energy_baseline_subtracted', 'stress', 'dos'):
-        value = info.get(key)
-        digest.update(key.encode() + (b'=' if value is not None else b'-'))
-        if value is not None:
-            array = np.asarray(value, dtype=float)
-            digest.update(np.asarray(array.shape, dtype='<i8').tobytes())
-            digest.update(_canonical_floats(array))
-    for key in STRING_INFO:
-        digest.update(f'\x00{key}={info[key]}'.encode())
+    _info_digest(digest, frame.info)
     return digest.digest()
 
 
@@ -429,9 +486,13 @@ def content_hash(frames: Iterable[Atoms]) -> str:
     Every value enters with its exact float64 bits (NaN canonicalised), so frames written to extended XYZ by
     :mod:`aiida_mad.dataset.extxyz` (lossless shortest round-trip formatting) and read back hash the same.
     """
-    digests = sorted(frame_digest(frame) for frame in frames)
+    return _hash_digests([frame_digest(frame) for frame in frames])
+
+
+def _hash_digests(digests: list[bytes]) -> str:
+    """Return the collection hash of per-frame digests (sorted here: the order of the frames does not matter)."""
     total = hashlib.sha256(_HASH_VERSION + b'-collection')
     total.update(len(digests).to_bytes(8, 'little'))
-    for digest in digests:
+    for digest in sorted(digests):
         total.update(digest)
     return total.hexdigest()

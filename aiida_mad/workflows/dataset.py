@@ -29,11 +29,12 @@ from aiida import orm
 from aiida.common.exceptions import MultipleObjectsError, NotExistent
 from aiida.engine import WorkChain
 
-from aiida_mad.calculations.bulk import run_bulk_linked
+from aiida_mad.calculations.bulk import query_rows, run_bulk_linked
 from aiida_mad.calculations.dataset import BulkLinkBuildDataset
 from aiida_mad.constants import (
     DEFAULT_FRACTIONS,
     FRAMES_PER_SHARD,
+    QUERY_CHUNK_SIZE,
     dataset_group_label,
     process_type,
 )
@@ -121,7 +122,7 @@ def existing_dataset_names() -> list[str]:
 # Selection
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Result:
     """One ``MadDftWorkChain`` found in the groups, with what the selection needs to know of it."""
 
@@ -235,8 +236,8 @@ def _workchain_queries(labels: Sequence[str]) -> Iterable[orm.QueryBuilder]:
     yield via_structure
 
 
-def _joined(labels, cls, relation: str, edge_label, projections, edge_project=None):
-    """Yield ``{'w': {'id': ...}, 'x': {...}}`` rows: each work chain and its neighbour ``cls`` by link label."""
+def _joined(labels, cls, relation: str, edge_label, projections, edge_project=None) -> Iterable[tuple]:
+    """Yield ``(work chain pk, *projections, *edge projections)`` rows: each work chain and its neighbour ``cls``."""
     for query in _workchain_queries(labels):
         query.add_projection('w', 'id')
         query.append(
@@ -247,43 +248,47 @@ def _joined(labels, cls, relation: str, edge_label, projections, edge_project=No
             edge_project=edge_project,
             **{relation: 'w'},
         )
-        yield from query.iterdict()
+        yield from query_rows(query, batch_size=QUERY_CHUNK_SIZE)
 
 
 def _collect_results(labels: Sequence[str]) -> dict[int, Result]:
-    """Return every DFT work chain of the groups with its state, fingerprint, source, subset and outputs."""
+    """Return every DFT work chain of the groups with its state, fingerprint, source, subset and outputs.
+
+    Five queries per way of finding the work chains (group members, runs on structures in the groups), whatever the
+    number of results; the rows are read as plain values (:func:`~aiida_mad.calculations.bulk.query_rows`).
+    """
     results: dict[int, Result] = {}
-    projections = ['id', 'uuid', 'ctime', 'attributes.process_state', 'attributes.exit_status', 'extras']
+    projections = ['id', 'uuid', 'ctime', 'attributes.process_state', 'attributes.exit_status']
     for query in _workchain_queries(labels):
-        query.add_projection('w', projections)
-        for pk, uuid, ctime, state, exit_status, extras in query.iterall():
-            results.setdefault(
-                pk,
-                Result(pk, uuid, ctime, state, exit_status, fingerprint=(extras or {}).get('mad_fingerprint')),
-            )
+        query.add_projection('w', [*projections, 'extras.mad_fingerprint'])
+        for pk, uuid, ctime, state, exit_status, fingerprint in query_rows(query, batch_size=QUERY_CHUNK_SIZE):
+            if pk not in results:
+                results[pk] = Result(pk, uuid, ctime, state, exit_status, fingerprint=fingerprint)
     if not results:
         return results
 
-    # Projections come back in the order of the path's tags, so rows are read by tag (`iterdict`).
+    # Rows come as (work chain pk, projections, edge projections): the vertices' in path order, then the edge's.
     # The labelled structure (input `structure`): it drives the split and carries the subset of imported data.
-    for row in _joined(labels, orm.StructureData, 'with_outgoing', 'structure', ['uuid', 'extras']):
-        result = results[row['w']['id']]
-        result.source_uuid = row['x']['uuid']
-        result.subset = result.subset or (row['x']['extras'] or {}).get('mad_subset')
+    for pk, uuid, subset in _joined(
+        labels, orm.StructureData, 'with_outgoing', 'structure', ['uuid', 'extras.mad_subset']
+    ):
+        result = results[pk]
+        result.source_uuid = uuid
+        result.subset = result.subset or subset
 
-    # Outputs of the finished ones; `properties` holds the authoritative fingerprint, subset and max |F|.
+    # Outputs of the finished ones; `properties` holds the authoritative fingerprint, subset and max |F|, the output
+    # `structure` the elements. (Each projected attribute is decoded from JSON: project them only where they are.)
     wanted = [*FRAME_OUTPUTS, DOS_OUTPUT[0], 'properties']
-    for row in _joined(labels, orm.Data, 'with_incoming', {'in': wanted}, ['id'], edge_project='label'):
-        results[row['w']['id']].outputs[row['w--x']['label']] = row['x']['id']
+    for pk, output, label in _joined(labels, orm.Data, 'with_incoming', {'in': wanted}, ['id'], edge_project='label'):
+        results[pk].outputs[label] = output
     properties = ['attributes.fingerprint', 'attributes.subset', 'attributes.max_force']
-    for row in _joined(labels, orm.Dict, 'with_incoming', 'properties', properties):
-        result = results[row['w']['id']]
-        result.fingerprint = row['x']['attributes.fingerprint'] or result.fingerprint
-        result.subset = row['x']['attributes.subset'] or result.subset
-        result.max_force = row['x']['attributes.max_force']
-    for row in _joined(labels, orm.StructureData, 'with_incoming', 'structure', ['attributes.kinds']):
-        kinds = row['x']['attributes.kinds'] or []
-        results[row['w']['id']].elements = tuple(sorted({symbol for kind in kinds for symbol in kind['symbols']}))
+    for pk, fingerprint, subset, max_force in _joined(labels, orm.Dict, 'with_incoming', 'properties', properties):
+        result = results[pk]
+        result.fingerprint = fingerprint or result.fingerprint
+        result.subset = subset or result.subset
+        result.max_force = max_force
+    for pk, kinds in _joined(labels, orm.StructureData, 'with_incoming', 'structure', ['attributes.kinds']):
+        results[pk].elements = tuple(sorted({symbol for kind in kinds or [] for symbol in kind['symbols']}))
     return results
 
 
@@ -358,7 +363,9 @@ def select_results(
     record: dict[str, dict] = {}
     by_source: dict[str, list[Result]] = collections.defaultdict(list)
     for result in results.values():
-        counts = record.setdefault(result.subset, {'used': 0, **dict.fromkeys(EXCLUSIONS, 0), 'exit_statuses': {}})
+        counts = record.get(result.subset)
+        if counts is None:
+            counts = record[result.subset] = {'used': 0, **dict.fromkeys(EXCLUSIONS, 0), 'exit_statuses': {}}
         if result.fingerprint != chosen:
             counts['other_fingerprint'] += 1
         else:

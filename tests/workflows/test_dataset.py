@@ -8,11 +8,14 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 
+from aiida_mad.calculations import dataset as calculation
+from aiida_mad.calculations.bulk import query_rows
 from aiida_mad.calculations.dataset import build_dataset
 from aiida_mad.data.dataset import DatasetData
-from aiida_mad.dataset.frames import content_hash
+from aiida_mad.dataset.frames import FrameError, content_hash, make_frame, sorted_frames
 from aiida_mad.dataset.splits import assign_split
 from aiida_mad.workflows.dataset import DatasetSelectionError, DatasetWorkChain, select_results
+from tests.dataset.synthetic import synthetic_frames
 from tests.labelled import DFT_GROUPS, MIX_GROUP, OTHER_LEVEL, SEED_GROUP
 
 ALL_GROUPS = list(DFT_GROUPS.values())
@@ -144,6 +147,150 @@ def test_bulk_build_is_the_plain_calcfunction(dataset):
 
     assert triples(plain) == triples(creator)
     assert plain.base.caching.get_hash() == creator.base.caching.get_hash() == creator.base.caching.compute_hash()
+
+
+def repository_files(node) -> dict[str, bytes]:
+    """Return every file of a dataset's repository (shards and index) by path."""
+    names = [*node.shard_names(), 'index.npz']
+    assert sorted(node.base.repository.list_object_names('shards')) == sorted(name.split('/')[1] for name in names[:-1])
+    return {name: node.base.repository.get_object_content(name, 'rb') for name in names}
+
+
+def reference_dataset(dataset, labelled, frames_per_shard: int) -> DatasetData:
+    """Return the dataset of the ``dataset`` fixture made the plain way: each node loaded, all frames at once."""
+    atomic = orm.load_node(labelled.isolated_atoms).outputs.energies.get_dict()
+    frames, dft_uuids = [], []
+    for node in (node for subset in labelled.used for node in labelled.nodes(subset)):
+        atoms = node.outputs.structure.get_ase()
+        energy = node.outputs.energy.value
+        source = node.inputs.structure.uuid
+        frames.append(
+            make_frame(
+                atoms.numbers,
+                atoms.positions,
+                cell=atoms.cell.array,
+                pbc=atoms.pbc,
+                energy=energy,
+                energy_baseline_subtracted=energy - sum(atomic[symbol] for symbol in atoms.get_chemical_symbols()),
+                forces=node.outputs.forces.get_array('forces'),
+                stress=node.outputs.stress.get_array('stress') if 'stress' in node.outputs else None,
+                subset=node.outputs.properties['subset'],
+                split=assign_split(source, 5),
+                source_uuid=source,
+                fingerprint=node.outputs.properties['fingerprint'],
+            )
+        )
+        dft_uuids.append(node.uuid)
+    return DatasetData(
+        frames,
+        name=dataset.name,
+        seed=5,
+        fractions=dataset.base.attributes.get('fractions'),
+        dft_uuids=dft_uuids,
+        selection=dataset.selection,
+        atomic_energies=atomic,
+        frames_per_shard=frames_per_shard,
+    )
+
+
+def test_build_is_the_dataset_of_the_nodes_byte_for_byte(dataset, labelled, monkeypatch):
+    """The streamed build writes the files and attributes of the plain constructor given every frame at once.
+
+    Also read and written a block of two frames at a time into shards of three (several blocks and shards), by the
+    plain calcfunction given the same inputs.
+    """
+    reference = reference_dataset(dataset, labelled, frames_per_shard=10_000)
+    assert repository_files(dataset) == repository_files(reference)
+    assert dataset.base.attributes.all == reference.base.attributes.all
+    assert dataset.content_hash == content_hash(reference.frames())
+
+    creator = dataset.creator
+    inputs: dict = {}
+    for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all():
+        namespace, _, label = link.link_label.partition('__')
+        inputs.setdefault(namespace, {})[label] = link.node
+    parameters = creator.inputs.parameters.get_dict()
+    inputs['parameters'] = orm.Dict({**parameters, 'frames_per_shard': 3})
+    monkeypatch.setattr(calculation, 'QUERY_CHUNK_SIZE', 2)
+    _, node = build_dataset.run_get_node(**inputs)
+    blocks = node.outputs.dataset
+    assert blocks.shard_names() == ['shards/frames-00000.extxyz.gz', 'shards/frames-00001.extxyz.gz']
+    reference = reference_dataset(dataset, labelled, frames_per_shard=3)
+    assert repository_files(blocks) == repository_files(reference)
+    assert blocks.base.attributes.all == reference.base.attributes.all
+    assert blocks.content_hash == dataset.content_hash
+
+
+def test_links_are_those_of_the_selection(dataset, labelled):
+    """Every input link of ``build_dataset``, derived from the work chains alone: labels in source-uuid order."""
+    creator = dataset.creator
+    used = sorted(
+        (node for subset in labelled.used for node in labelled.nodes(subset)), key=lambda n: n.inputs.structure.uuid
+    )
+    expected = {('parameters', creator.inputs.parameters.pk)}
+    expected.add(('baselines__t000', orm.load_node(labelled.isolated_atoms).outputs.energies.pk))
+    frames = {}
+    for index, node in enumerate(used):
+        label = f'f{index:07d}'
+        frames[label] = {
+            'source_uuid': node.inputs.structure.uuid,
+            'dft_uuid': node.uuid,
+            'subset': node.outputs.properties['subset'],
+        }
+        for output, namespace in [('structure', 'structures'), ('energy', 'energies'), ('forces', 'forces')]:
+            expected.add((f'{namespace}__{label}', node.outputs[output].pk))
+        if 'stress' in node.outputs:
+            expected.add((f'stresses__{label}', node.outputs.stress.pk))
+    links = creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+    assert {(link.link_label, link.node.pk) for link in links} == expected
+    assert len(links) == len(expected) == 2 + 4 * len(used) - 1  # parameters, baselines; one 0D frame: no stress
+    assert creator.inputs.parameters['frames'] == frames
+    assert [(link.link_label, link.node.pk) for link in creator.base.links.get_outgoing().all()] == [
+        ('dataset', dataset.pk)
+    ]
+
+
+def test_missing_per_frame_input_is_named(dataset):
+    creator = dataset.creator
+    inputs: dict = {'parameters': creator.inputs.parameters}
+    for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all():
+        namespace, _, label = link.link_label.partition('__')
+        if label and link.link_label != 'energies__f0000002':
+            inputs.setdefault(namespace, {})[label] = link.node
+    with pytest.raises(ValueError, match=r'frame f0000002: no input energies__f0000002 \(1 per-frame inputs missing\)'):
+        build_dataset.run_get_node(**inputs)
+
+
+def test_query_rows_are_the_values_of_iterall(dataset):
+    query = orm.QueryBuilder().append(DatasetData, filters={'id': dataset.pk}, tag='d', project=['uuid', 'ctime'])
+    query.append(
+        orm.CalcFunctionNode,
+        with_outgoing='d',
+        tag='c',
+        project=['id', 'attributes.process_state', 'attributes', 'extras'],
+        edge_project=['label', 'type'],
+    )
+    rows = list(query_rows(query))
+    assert rows == [tuple(row) for row in query.all()]
+    assert isinstance(rows[0][0], str) and rows[0][0] == dataset.uuid and rows[0][-2] == 'dataset'
+    assert list(query_rows(orm.QueryBuilder().append(DatasetData, filters={'id': -1}, project='id'))) == []
+
+
+def test_blocks_must_come_in_canonical_order():
+    frames = sorted_frames(synthetic_frames(9))
+    whole = DatasetData(frames, name='whole', seed=0, frames_per_shard=4)
+    blocks = DatasetData.from_blocks(
+        [(frames[:2], None), (frames[2:7], None), (frames[7:], None)], name='whole', seed=0, frames_per_shard=4
+    )
+    assert repository_files(blocks) == repository_files(whole)
+    assert blocks.base.attributes.all == whole.base.attributes.all
+    with pytest.raises(FrameError, match=r'frame 2 \(.*\) comes after \(.*\): not in canonical order'):
+        DatasetData.from_blocks([(frames[1:3], None), (frames[:1], None)], name='bad', seed=0)
+    frames[5].info['source_uuid'] = frames[1].info['source_uuid']
+    with pytest.raises(FrameError, match=f'frame 5 has the same source_uuid {frames[1].info["source_uuid"]}'):
+        DatasetData.from_blocks([(frames, None)], name='bad', seed=0)
+    with pytest.raises(ValueError, match='dataset empty: no frames'):
+        DatasetData.from_blocks([], name='empty', seed=0)
 
 
 def test_outlier_thresholds_per_subset(labelled):
