@@ -270,8 +270,8 @@ class Demo:
         line whenever their states change, and the finished one (else the newest) is taken.
 
         :param stage: the stage, named in the progress and the errors.
-        :param builder: returns the builder to submit; called only when submitting (a ``ValueError`` it raises fails the
-            stage with its message).
+        :param builder: returns the builder to submit; called only when submitting (a ``ValueError`` it raises, or the
+            validation of its inputs, fails the stage with its message).
         :return: the work chain and whether it had finished before this run.
         :raises DemoError: if the builder cannot be made, or if the work chain taken did not finish successfully (the
             message names it and the command to inspect it).
@@ -291,10 +291,10 @@ class Demo:
         finished = any(node.is_finished_ok for node in nodes)
         if not finished and all(node.is_terminated for node in nodes):
             try:
-                made = builder()
-            except ValueError as exception:
+                submitted_now = submit(builder())
+            except ValueError as exception:  # also the validation of the inputs when submitting
                 raise DemoError(f'{stage}: {exception}') from None
-            submit(made).base.extras.set(extra, value)
+            submitted_now.base.extras.set(extra, value)
         self._wait(stage, submitted, line)
         node = max(submitted(), key=lambda node: (node.is_finished_ok, node.ctime))
         if not node.is_finished_ok:
@@ -664,19 +664,28 @@ def subset_group_label(subset: str) -> str:
 
 
 def choose_seed(uuids: list[str]) -> int:
-    """Return the first dataset seed whose train and validation splits both hold a periodic frame (else 0).
+    """Return the first dataset seed whose train split holds every element and a periodic frame, as does validation.
 
     Training needs frames in both, and periodic frames give it a stress; with a dozen frames a seed can leave a split
-    empty. The seed is a pure function of the structures, so the same structures always give the same dataset.
+    empty. The model must know every element of the frames it is evaluated on (the evaluate stage refuses a test
+    frame with an element the training split lacked). Without such a seed, the first with periodic frames in both
+    splits (else 0). The seed is a pure function of the structures, so the same structures always give the same
+    dataset.
     """
     from aiida_mad.dataset.splits import assign_split
 
+    symbols = {uuid: orm.load_node(uuid).get_symbols_set() for uuid in uuids}
     periodic = [uuid for uuid in uuids if all(orm.load_node(uuid).pbc)]
+    elements = set().union(*symbols.values())
+    fallback = None
     for seed in range(MAX_SEEDS):
-        splits = {assign_split(uuid, seed, FRACTIONS) for uuid in periodic}
-        if {'train', 'val'} <= splits:
+        splits = {uuid: assign_split(uuid, seed, FRACTIONS) for uuid in uuids}
+        if not {'train', 'val'} <= {splits[uuid] for uuid in periodic}:
+            continue
+        if set().union(*(symbols[uuid] for uuid in uuids if splits[uuid] == 'train')) >= elements:
             return seed
-    return 0
+        fallback = seed if fallback is None else fallback
+    return fallback or 0
 
 
 def status_states() -> tuple[str, ...]:

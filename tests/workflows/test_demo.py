@@ -135,3 +135,26 @@ def test_run_once_waits_for_a_running_one_and_gives_up_after_the_timeout(pw_code
     with pytest.raises(DemoError, match=rf'^evaluate: still running after 0 s \({running.pk}\); they go on'):
         demo._run_once('evaluate', TrainWorkChain, 'mad_demo_test', 'a', builder)
     assert lines[0].startswith('  TrainWorkChain running (')
+
+
+@pytest.mark.usefixtures('aiida_profile_clean')
+def test_chosen_seed_trains_on_every_element():
+    """The dataset seed puts every element in the train split (the model is evaluated on the others)."""
+    from ase import Atoms
+    from ase.build import bulk, molecule
+
+    from aiida_mad.dataset.splits import assign_split
+    from aiida_mad.demo import FRACTIONS, choose_seed
+
+    made = [bulk('Si', 'diamond', a=5.43), bulk('BN', 'zincblende', a=3.6), bulk('C', 'diamond', a=3.57)]
+    made += [Atoms('CO2', positions=[[0, 0, 0], [0, 0, 1.16], [0, 0, -1.16]], cell=[8, 8, 8], pbc=True)]
+    made += [bulk('Si', 'diamond', a=5.43 + 0.01 * index) for index in range(4)]
+    made += [molecule('N2', vacuum=4.0)]
+    uuids = [orm.StructureData(ase=atoms).store().uuid for atoms in made]
+    seed = choose_seed(uuids)
+    splits = {uuid: assign_split(uuid, seed, FRACTIONS) for uuid in uuids}
+    trained = {symbol for uuid in uuids if splits[uuid] == 'train' for symbol in orm.load_node(uuid).get_symbols_set()}
+    assert trained == {'B', 'C', 'N', 'O', 'Si'}
+    periodic = {splits[uuid] for uuid in uuids if all(orm.load_node(uuid).pbc)}
+    assert {'train', 'val'} <= periodic
+    assert choose_seed(uuids) == seed
