@@ -643,13 +643,16 @@ def table(results: list[dict]) -> str:
         if info.get('complete') is False:
             lines.append(f'\n{backend} N={size}: incomplete (only the stages above were run)')
         if 'db_bytes_per_structure' in info:
-            lines.append(
-                f'\n{backend} N={size}: {info["nodes_per_structure"]:.0f} nodes, '
-                f'{info["db_bytes_per_structure"]:.0f} database bytes and '
+            parts = [
+                f'{info["nodes_per_structure"]:.0f} nodes, {info["db_bytes_per_structure"]:.0f} database bytes and '
                 f'{info["repository_bytes_per_structure"]:.0f} repository bytes per labelled structure (synthetic '
-                f'results); archives {info.get("archive_bytes_per_structure", 0):.0f} bytes per structure; '
-                f'dataset {info.get("dataset_bytes_per_frame", 0):.0f} bytes per frame'
-            )
+                'results)'
+            ]
+            if 'archive_bytes_per_structure' in info:
+                parts.append(f'archives {info["archive_bytes_per_structure"]:.0f} bytes per structure')
+            if 'dataset_bytes_per_frame' in info:
+                parts.append(f'dataset {info["dataset_bytes_per_frame"]:.0f} bytes per frame')
+            lines.append(f'\n{backend} N={size}: ' + '; '.join(parts))
     return '\n'.join(lines)
 
 
@@ -726,7 +729,8 @@ def plot(results: list[dict], path: pathlib.Path, title: str) -> pathlib.Path:
         panel.set_title(name)
         panel.grid(True, which='both', alpha=0.3)
     axes[0].set_ylabel('seconds')
-    axes[1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
+    handles, labels = axes[0].get_legend_handles_labels()  # the growth exponents of the CPU time
+    axes[1].legend(handles, labels, fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
     figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
