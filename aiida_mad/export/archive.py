@@ -358,10 +358,12 @@ class _Source:
         for side, other, types in (('input_id', 'output_id', forward), ('output_id', 'input_id', backward)):
             if not types:
                 continue
-            kinds = ', '.join(f"'{kind}'" for kind in types)  # aiida's LinkType values: lowercase words
+            # The link type is filtered here, not in SQL: given `type IN (...)`, SQLite may walk the index of the
+            # link type (every link of those types, for each batch: quadratic) instead of that of the node.
+            kinds = set(types)
             for batch in _batches(pks):
-                sql = f'SELECT {other} FROM db_dblink WHERE {side} IN ({_ints(batch)}) AND type IN ({kinds})'
-                found.update(pk for (pk,) in self.rows(sql))
+                sql = f'SELECT {other}, type FROM db_dblink WHERE {side} IN ({_ints(batch)})'
+                found.update(pk for pk, kind in self.rows(sql) if kind in kinds)
         return found
 
 
