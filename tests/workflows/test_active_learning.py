@@ -4,17 +4,20 @@ The committee of iteration 0 is two real tiny MACE trainings by ``mad.committee`
 train/validation splits that differ in every session, trained once per session) on the dataset the pipeline builds
 from real pw.x results (Si, 2 rattled Si, H2); the candidates are MP-ALOE prototypes of at most 2 atoms with Si and
 H; labelling runs the real pw.x with the ``fast`` protocol; iteration 1 trains its own committee of two tiny MACE
-models on the grown dataset (two members keep the test short; the default is three)."""
+models on the grown dataset (two members keep the test short; the default is three). The production model of the
+two-iteration run is of another architecture: a real tiny PET (metatrain, protocol ``tiny``), retrained on each grown
+dataset."""
 
 from __future__ import annotations
 
 import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 
 from aiida_mad.calculations.pool import PoolPredictCalculation, create_pool
 from aiida_mad.calculations.selection import TABLE_COLUMNS, select_candidates, selection_rows
-from aiida_mad.workflows.active_learning import ActiveLearningWorkChain, al_group_label
+from aiida_mad.workflows.active_learning import ActiveLearningWorkChain, al_group_label, production_inputs
 
 #: Candidates small enough for pw.x in seconds: 2-atom prototypes, Si and H.
 POOL = {'count': 12, 'batch_size': 5, 'seed': 1, 'prototypes': {'max_atoms': 2}, 'element_pool': ['H', 'Si']}
@@ -169,8 +172,11 @@ def al_builder(dataset, committee, mace, predictor, pw_code, *, name, **inputs):
     return builder
 
 
-def test_two_iterations(dataset, committee, mace, predictor, pw_code, run_cli_command, tmp_path):
-    """Two iterations: the dataset grows, old frames keep their splits, new frames trace back to their selection."""
+def test_two_iterations(dataset, committee, mace, mtt, predictor, pw_code, run_cli_command, tmp_path):
+    """Two iterations: the dataset grows, old frames keep their splits, new frames trace back to their selection.
+
+    The MACE committee chooses the data of a production PET, retrained on each grown dataset.
+    """
     builder = al_builder(
         dataset,
         committee,
@@ -182,6 +188,7 @@ def test_two_iterations(dataset, committee, mace, predictor, pw_code, run_cli_co
         max_concurrent=orm.Int(1),
         final_retrain=orm.Bool(False),
     )
+    builder.production = production_inputs(mtt, dataset, 'tiny')
     _, node = run_get_node(builder)
     assert node.is_finished_ok, f'{node.exit_status} {node.exit_message}'
     record = node.outputs.record.get_dict()['iterations']
@@ -204,6 +211,24 @@ def test_two_iterations(dataset, committee, mace, predictor, pw_code, run_cli_co
         outputs = iterations[f'iteration_{number}']
         assert {'pool', 'committee_predictions', 'table', 'summary', 'dataset', 'calibration', 'labels'} <= set(outputs)
         assert 'energy' in outputs['calibration'].get_dict()['calibration']
+
+    # The production PET: one training per grown dataset, by mad.train, on exactly that dataset; the last is the output.
+    called = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='production_%').all()
+    labels = {link.link_label: link.node for link in called}
+    assert sorted(labels) == ['production_0', 'production_1']
+    for number in (0, 1):
+        model = iterations[f'iteration_{number}']['production_model']
+        assert model.architecture == 'pet'
+        training = labels[f'production_{number}']
+        assert training.process_type == 'aiida.workflows:mad.train' and training.is_finished_ok
+        assert training.outputs.model.uuid == model.uuid
+        assert model.creator.inputs.dataset.uuid == iterations[f'iteration_{number}']['dataset'].uuid
+        assert record[number]['production']['model'] == model.uuid
+    assert node.outputs.production_model.uuid == iterations['iteration_1']['production_model'].uuid
+    # Iteration 0 used the pretrained committee, so the only trainings of the run are the two production ones.
+    assert [child.process_type for child in node.called_descendants if 'train' in (child.process_type or '')].count(
+        'aiida.workflows:mad.train'
+    ) == 2
 
     # A new frame: its structure was made by the selection of its iteration, for its reason, from its pool.
     group = orm.load_group(al_group_label('al-test-two', 'structures'))
@@ -230,6 +255,10 @@ def test_two_iterations(dataset, committee, mace, predictor, pw_code, run_cli_co
         [str(entry[key]) for key in ('iteration', 'candidates', 'selected', 'downsampled', 'labelled', 'failed')]
         for entry in record
     ]
+    assert 'production model' in output
+    for number, line in enumerate(lines):
+        model = iterations[f'iteration_{number}']['production_model']
+        assert ' '.join(line).count(f'pet {model.pk} (') == 1, output
     output = run_cli_command(['al', 'table', node.pk, '-i', '0', '--selected']).output
     assert (
         sum(row['id'] in output for row in selection_rows(iterations['iteration_0']['table'])) == record[0]['selected']
@@ -287,10 +316,15 @@ def test_failures_are_recorded(dataset, committee, mace, predictor, crash_code):
         ({'pool': {**POOL, 'element_pool': ['Si', 'Og']}}, 'pool'),
         ({'one_model': True}, 'a committee needs at least 2 members, got 1 pretrained'),
         ({'members': 1}, 'a committee needs at least 2 members, got 1'),
+        ({'production': 'both'}, 'production: give the training inputs of exactly one architecture'),
+        ({'production': 'batch'}, r'production model \(`MaceTrainWorkChain`, mace\) on dataset .*batch_size 1000'),
     ],
 )
-def test_bad_input_is_refused(dataset, committee, mace, predictor, pw_code, inputs, message):
-    """Bad thresholds, DIRECT settings, pool elements and committees of one are refused before anything runs."""
+def test_bad_input_is_refused(dataset, committee, mace, mtt, predictor, pw_code, inputs, message):
+    """Bad thresholds, DIRECT settings, pool elements, committees of one and production models are refused up front.
+
+    A production model needs the inputs of one architecture, which its training's own checks accept on the dataset.
+    """
     before = orm.QueryBuilder().append(orm.ProcessNode).count()
     builder = al_builder(dataset, committee, mace, predictor, pw_code, name='al-test-bad')
     for key in ('thresholds', 'direct', 'pool'):
@@ -300,18 +334,27 @@ def test_bad_input_is_refused(dataset, committee, mace, predictor, pw_code, inpu
         builder.models = {'member_0': committee['member_0']}
     if 'members' in inputs:
         builder.committee.members = orm.Int(inputs['members'])
+    if inputs.get('production') == 'both':
+        builder.production = production_inputs(mace, dataset, 'tiny')
+        builder.production.metatrain = production_inputs(mtt, dataset, 'tiny')['metatrain']
+    elif inputs.get('production') == 'batch':
+        builder.production = production_inputs(mace, dataset, 'tiny')
+        parameters = builder.production.mace.parameters.get_dict()
+        builder.production.mace.parameters = orm.Dict({**parameters, 'batch_size': 1000})
     with pytest.raises(ValueError, match=message):
         run_get_node(builder)
     assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
 
 
 def test_cli_refuses_bad_thresholds(dataset, mace, predictor, pw_code, run_cli_command):
-    """`al run` refuses a threshold <= 0 before anything is submitted, naming it."""
+    """`al run` refuses a threshold <= 0, and a production protocol without its code, before anything is submitted."""
     before = orm.QueryBuilder().append(orm.ProcessNode).count()
     codes = ['--mace-code', mace.full_label, '--predict-code', predictor.full_label, '--pw-code', pw_code.full_label]
-    arguments = ['al', 'run', dataset.pk, '--name', 'al-test-cli', '--force', '0', '-p', 'fast', *codes]
-    result = run_cli_command(arguments, raises=True)
+    arguments = ['al', 'run', dataset.pk, '--name', 'al-test-cli', '-p', 'fast', *codes]
+    result = run_cli_command([*arguments, '--force', '0'], raises=True)
     assert 'force must be finite and > 0' in result.output
+    result = run_cli_command([*arguments, '--production-protocol', 'tiny'], raises=True)
+    assert 'needs --production-code' in result.output
     assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
 
 
