@@ -9,6 +9,7 @@ CalcJobs all read and write datasets through this package. Nothing here imports 
     ``validate_frame(frame, index=None)``, ``check_frames(frames)``,
     ``validate_frames(frames, *, single_fingerprint=True, unique_sources=True)`` (all raise ``FrameError``);
     ``sorted_frames(frames) -> list[Atoms]``, ``summarize(frames) -> dict``, ``content_hash(frames) -> str``;
+    ``FrameSummary()`` (``add(frames)`` block by block, then ``summary()`` and ``content_hash()``);
     ``SPLITS = ('train', 'val', 'test')``.
 
 :mod:`aiida_mad.dataset.splits`: stable splits from the source uuid and the dataset seed.
@@ -21,7 +22,8 @@ CalcJobs all read and write datasets through this package. Nothing here imports 
     (``path`` a file, ``.gz`` compressed, or an open text stream);
     ``read_extxyz(path) -> list[Atoms]``;
     ``write_shards(frames, directory, frames_per_shard=10_000, *, prefix='frames', compresslevel=6)
-    -> list[Path]`` (``<prefix>-00000.extxyz.gz``, ...);
+    -> list[Path]`` (``<prefix>-00000.extxyz.gz``, ...); ``ShardWriter(directory, frames_per_shard=10_000)``, a
+    context manager whose ``write(frames)`` appends a block at a time (the same files);
     ``read_shards(source) -> list[Atoms]`` (a folder of shards, name order, or a list of paths);
     ``split_file_names(prefix='mad') -> dict[str, str]`` (``{'train': 'mad-train.xyz', ...}``);
     ``write_split_files(frames, directory, *, prefix='mad', missing_stress='nan') -> dict[str, Path]``;
