@@ -60,7 +60,7 @@ def dft_workchains_by_subset(dataset) -> dict[str, list[int]]:
         query.append(
             orm.WorkflowNode, with_outgoing='table', edge_filters={'label': 'energies'}, project=['uuid', 'id']
         )
-        by_subset['isolated-atom'] = [pk for _, pk in sorted(set(query.all()))]
+        by_subset['isolated-atom'] = [pk for _, pk in sorted({(uuid, pk) for uuid, pk in query.all()})]
     return by_subset
 
 
