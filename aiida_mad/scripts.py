@@ -1,9 +1,9 @@
 """The shared ``main()`` of the AiiDA-free console scripts that CalcJobs run on the compute node (pure: no AiiDA).
 
-Each such script, ``aiida-mad-<name>`` (``aiida-mad-benchmark``, ``aiida-mad-dos-cnn``), takes one argument, the
-JSON configuration ``<name>.json`` that its CalcJob ``mad.<name>`` wrote, runs on the files next to it and prints a
-summary; bad input (a ``ValueError`` of the run) exits with status 2 and the reason on standard error, prefixed with
-the script's name. :func:`run_script` is that ``main()``::
+Each such script, ``aiida-mad-<name>`` (``aiida-mad-predict``, ``aiida-mad-benchmark``, ``aiida-mad-dos-cnn``),
+takes one argument, the JSON configuration ``<name>.json`` that its CalcJob ``mad.<name>`` wrote, runs on the files
+next to it and prints a summary; bad input (a ``ValueError`` of the run) exits with status 2 and the reason on
+standard error, prefixed with the script's name. :func:`run_script` is that ``main()``::
 
     def main(argv=None) -> int:
         return run_script('benchmark', argv, doc=__doc__, run=run, summary=summary)

@@ -20,7 +20,6 @@ descriptors asked of a model that gives none), with the reason on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -29,7 +28,9 @@ import time
 import ase.io
 import numpy as np
 
-__all__ = ('INFO_FILE', 'main', 'run')
+from aiida_mad.scripts import run_script
+
+__all__ = ('INFO_FILE', 'main', 'run', 'summary')
 
 INFO_FILE = 'predict-info.json'
 _SPLITS = ('train', 'val', 'test')
@@ -92,22 +93,17 @@ def run(config: dict, directory: pathlib.Path) -> dict:
     return info
 
 
-def main(argv=None) -> int:
-    """Entry point of ``aiida-mad-predict``."""
-    parser = argparse.ArgumentParser(prog='aiida-mad-predict', description=__doc__.splitlines()[0])
-    parser.add_argument('config', type=pathlib.Path, help='the predict.json written by mad.predict')
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text())
-    try:
-        info = run(config, args.config.resolve().parent)
-    except ValueError as exception:
-        print(f'aiida-mad-predict: {exception}', file=sys.stderr)
-        return 2
-    print(
+def summary(info: dict) -> str:
+    """Return the line printed after a successful run."""
+    return (
         f'predicted {info["n_structures"]} structures ({info["n_atoms"]} atoms) with {len(info["models"])} model(s) '
         f'in {info["seconds_predicting"]:.3f} s'
     )
-    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aiida-mad-predict``."""
+    return run_script('predict', argv, doc=__doc__, run=run, summary=summary)
 
 
 if __name__ == '__main__':  # pragma: no cover
