@@ -240,9 +240,14 @@ def trained(code, dataset):
     return _run_once(f'trained-{dataset.uuid}', train_builder(code, dataset))
 
 
-def mace_trained(code, dataset, *, seed: int = 0):
-    """Return the node of one real tiny MACE training on ``dataset`` with ``seed`` (run once per session)."""
-    return _run_once(f'mace-{dataset.uuid}-{seed}', mace_builder(code, dataset, {**TINY_MACE, 'seed': seed}))
+def mace_trained(code, dataset, *, seed: int = 0, **parameters):
+    """Return the node of one real tiny MACE training on ``dataset`` with ``seed`` (run once per session).
+
+    ``parameters`` override those of :data:`TINY_MACE` (e.g. ``num_channels``).
+    """
+    key = '-'.join(f'{name}={value}' for name, value in sorted(parameters.items()))
+    builder = mace_builder(code, dataset, {**TINY_MACE, **parameters, 'seed': seed})
+    return _run_once(f'mace-{dataset.uuid}-{seed}{"-" + key if key else ""}', builder)
 
 
 #: The tiny PET on the DOS with the PET-MAD-DOS loss (the ``tiny-dos`` protocol's parameters).
