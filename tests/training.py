@@ -250,6 +250,18 @@ def mace_trained(code, dataset, *, seed: int = 0, **parameters):
     return _run_once(f'mace-{dataset.uuid}-{seed}{"-" + key if key else ""}', builder)
 
 
+@pytest.fixture
+def mace_model(mace, dataset):
+    """The model of :func:`mace_trained` on the session's ``dataset`` (seed 0)."""
+    return mace_trained(mace, dataset).outputs.model
+
+
+@pytest.fixture
+def pet_model(mtt, dataset):
+    """The model of :func:`trained` (the tiny PET) on the session's ``dataset``."""
+    return trained(mtt, dataset).outputs.model
+
+
 #: The tiny PET on the DOS with the PET-MAD-DOS loss (the ``tiny-dos`` protocol's parameters).
 TINY_DOS = {
     **TINY_PET,

@@ -16,17 +16,7 @@ from ase.build import molecule
 from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uuid
 from aiida_mad.data.model import ModelData
 from aiida_mad.inference.models import Model
-from tests.training import dos_trained, mace_trained, trained, training_dataset
-
-
-@pytest.fixture
-def mace_model(mace, dataset):
-    return mace_trained(mace, dataset).outputs.model
-
-
-@pytest.fixture
-def pet_model(mtt, dataset):
-    return trained(mtt, dataset).outputs.model
+from tests.training import dos_trained, mace_trained, training_dataset
 
 
 def builder_for(code, models, *, dataset=None, structures=None, **inputs):

@@ -20,17 +20,7 @@ from aiida_mad.calculations.predict import PredictCalculation, predictions_by_uu
 from aiida_mad.data.model import ModelData
 from aiida_mad.inference.models import MACE_DESCRIPTORS, METATOMIC_DESCRIPTORS, DescriptorError, Model
 from aiida_mad.inference.predict import predict
-from tests.training import TINY_MACE, mace_trained, trained
-
-
-@pytest.fixture
-def mace_model(mace, dataset):
-    return mace_trained(mace, dataset).outputs.model
-
-
-@pytest.fixture
-def pet_model(mtt, dataset):
-    return trained(mtt, dataset).outputs.model
+from tests.training import TINY_MACE, mace_trained
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from aiida import orm
 from aiida.engine import run_get_node
 
 from aiida_mad.workflows.evaluate import EvaluateWorkChain
-from tests.training import TINY_PET, dos_trained, mace_trained, train_builder, training_dataset
+from tests.training import TINY_PET, dos_trained, train_builder, training_dataset
 from tests.training import _run_once as run_once
 
 #: The tiny PET of the training tests without target scaling: with two training frames the composition baseline fits
@@ -32,11 +32,6 @@ UNSCALED_PET = {
 @pytest.fixture
 def pet_model(mtt, dataset):
     return run_once(f'evaluation-pet-{dataset.uuid}', train_builder(mtt, dataset, UNSCALED_PET)).outputs.model
-
-
-@pytest.fixture
-def mace_model(mace, dataset):
-    return mace_trained(mace, dataset).outputs.model
 
 
 def evaluate(model, predictor, dataset, **kwargs):

@@ -19,7 +19,7 @@ from aiida_mad.calculations.benchmark import BenchmarkCalculation
 from aiida_mad.export.physicality import section
 from aiida_mad.inference.models import Model
 from aiida_mad.workflows.physicality import PhysicalityWorkChain, benchmark_results
-from tests.training import BIN, installed_code, mace_trained, trained
+from tests.training import BIN, installed_code
 
 
 @pytest.fixture
@@ -32,16 +32,6 @@ def benchmarker(aiida_localhost, aiida_code_installed):
         plugin='mad.benchmark',
         executable=BIN / 'aiida-mad-benchmark',
     )
-
-
-@pytest.fixture
-def mace_model(mace, dataset):
-    return mace_trained(mace, dataset).outputs.model
-
-
-@pytest.fixture
-def pet_model(mtt, dataset):
-    return trained(mtt, dataset).outputs.model
 
 
 def builder_for(code, model, benchmark, parameters=None, **inputs):
