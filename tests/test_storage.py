@@ -1,8 +1,9 @@
 """Storage per labelled structure, on the real labelled data of ``tests/labelled.py``: nothing stored twice.
 
 The level of theory (the md5 of every pseudopotential of the family) is one node per fingerprint, shared by every
-run, and once more in each result's ``properties``; the DOS energy grid is one object of the repository for every
-run; ``bench/bench_storage.py`` counts a shared node once. The results are the same as with the old layout.
+run, and not copied into each result's ``properties`` (which keep its fingerprint); the DOS energy grid is one object
+of the repository for every run; ``bench/bench_storage.py`` counts a shared node once. The results are the same as
+with the old layout, where ``properties`` kept the level of theory, and it is read back from either layout.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 
 from aiida_mad.calculations.dft import extract_dft_results
 from aiida_mad.dos import energy_grid
 from aiida_mad.fingerprint import fingerprint
-from aiida_mad.workflows.dft import LEVEL_OF_THEORY_LABEL
+from aiida_mad.workflows.dft import LEVEL_OF_THEORY_LABEL, result_level_of_theory, result_theory_summary
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / 'bench' / 'bench_storage.py'
 
@@ -45,7 +48,11 @@ def test_level_of_theory_is_one_node_per_fingerprint(labelled):
         context = _extraction(node).inputs.context.get_dict()
         assert 'level_of_theory' not in context, f'{node.pk}: the context holds the level of theory again'
         assert context['fingerprint'] == key
-        assert node.outputs.properties['level_of_theory'] == theory.get_dict()
+        properties = node.outputs.properties.get_dict()
+        assert 'level_of_theory' not in properties, f'{node.pk}: the properties hold the level of theory again'
+        assert properties['fingerprint'] == key
+        assert result_level_of_theory(node) == theory.get_dict()
+    assert result_theory_summary(runs[0])['level_of_theory'] == theory.get_dict()
 
     other_run = orm.load_node(labelled.other_level)
     other = _extraction(other_run).inputs.level_of_theory
@@ -54,7 +61,11 @@ def test_level_of_theory_is_one_node_per_fingerprint(labelled):
 
 
 def test_old_layout_gives_the_same_results(labelled):
-    """The level of theory in ``context`` (results stored before the shared node) gives the same outputs."""
+    """The level of theory in ``context`` (results stored before the shared node) gives the same outputs.
+
+    Those results have the level of theory in ``properties`` too: the old layout still copies it there, and
+    :func:`result_level_of_theory` reads it from there (a work chain of that layout returns these outputs).
+    """
     node = labelled.nodes('mc3d-rattled')[0]
     extraction = _extraction(node)
     inputs = {label: extraction.inputs[label] for label in ('structure', 'output_parameters', 'output_trajectory')}
@@ -63,10 +74,22 @@ def test_old_layout_gives_the_same_results(labelled):
     old, call = run_get_node(extract_dft_results, **inputs, output_band=extraction.inputs.output_band, context=context)
     assert call.is_finished_ok
     assert 'level_of_theory' not in call.inputs
-    assert old['properties'].get_dict() == node.outputs.properties.get_dict()
+    properties = old['properties'].get_dict()
+    assert properties.pop('level_of_theory') == theory
+    assert properties == node.outputs.properties.get_dict()
     assert old['energy'].value == node.outputs.energy.value
     for label, array in (('forces', 'forces'), ('stress', 'stress'), ('dos', 'dos'), ('dos', 'energies')):
         np.testing.assert_array_equal(old[label].get_array(array), node.outputs[label].get_array(array))
+
+    # A work chain of the old layout: its `extract_dft_results` has no `level_of_theory` input, its properties do.
+    workchain = orm.WorkflowNode()
+    workchain.store()
+    old['properties'].base.links.add_incoming(workchain, LinkType.RETURN, 'properties')
+    assert result_level_of_theory(workchain) == theory
+    assert fingerprint(result_level_of_theory(workchain)) == properties['fingerprint']
+    unfinished = orm.WorkflowNode().store()
+    with pytest.raises(ValueError, match=rf'WorkflowNode<{unfinished.pk}> has no level of theory'):
+        result_level_of_theory(unfinished)
 
 
 def test_dos_energy_grid_is_one_repository_object(labelled):
@@ -93,6 +116,7 @@ def test_bench_counts_shared_nodes_once(labelled):
     level = 'Dict -> extract_dft_results.level_of_theory'
     assert level not in measurement.kinds, 'the level-of-theory node is shared, not stored per structure'
     assert measurement.kinds['Dict -> extract_dft_results.context'].database < measurement.theory_bytes
+    assert measurement.kinds['Dict extract_dft_results.properties'].database < measurement.theory_bytes
     for kind in ('MadDftWorkChain', 'MadPwBaseWorkChain', 'PwCalculation', 'extract_dft_results'):
         assert measurement.kinds[kind].nodes == 2 and measurement.kinds[kind].database > 0
     nodes, database, repository, packed = measurement.per_structure(measurement.total)

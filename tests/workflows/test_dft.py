@@ -27,7 +27,7 @@ from ase.build import bulk, molecule
 
 from aiida_mad.dos import GRID_POINTS, GRID_SPACING, GRID_START, SIGMA, integrated_dos
 from aiida_mad.units import EV_PER_ANGSTROM3_PER_GPA
-from aiida_mad.workflows.dft import MadDftWorkChain
+from aiida_mad.workflows.dft import MadDftWorkChain, result_level_of_theory
 from tests.fixtures.fake_pw.utils import parse_pw_input, written_input
 
 #: Settings of the `fast` protocol, written out here rather than read from the YAML file.
@@ -255,7 +255,7 @@ def test_hbn_monolayer_2d(run_dft):
 
     properties = node.outputs.properties.get_dict()
     assert properties['dimensionality'] == '2D'
-    assert properties['level_of_theory']['vacuum'] == vacuum
+    assert result_level_of_theory(node)['vacuum'] == vacuum
     assert properties['n_electrons'] == 8
     assert properties['gap'] > 3  # h-BN is a wide-gap insulator (4-5 eV in PBE)
     forces = node.outputs.forces.get_array('forces')
@@ -404,7 +404,9 @@ def test_fingerprint_of_a_run_is_the_one_of_its_inputs(run_dft, silicon, pw_code
         coulomb_truncation={'2D': '2D', '0D': 'mt'},
     )
     properties = node.outputs.properties.get_dict()
-    assert properties['level_of_theory'] == theory
+    # The level of theory is the node shared by the runs of this fingerprint, not a copy in `properties`.
+    assert 'level_of_theory' not in properties
+    assert result_level_of_theory(node) == theory
     assert properties['fingerprint'] == fingerprint(theory) == protocol_fingerprint(pw_code, 'fast')
     assert node.base.extras.get('mad_fingerprint') == properties['fingerprint']
     # The code that ran is the code that was declared: pw.x 6.x here.
@@ -413,10 +415,11 @@ def test_fingerprint_of_a_run_is_the_one_of_its_inputs(run_dft, silicon, pw_code
 
 def test_same_fingerprint_for_3d_and_0d(run_dft, silicon):
     """One protocol, one level of theory: bulk and molecule share the fingerprint, whatever their elements."""
-    si = run_dft('si', silicon).outputs.properties
-    h2o = run_dft('h2o', orm.StructureData(ase=molecule('H2O'))).outputs.properties
+    si_node = run_dft('si', silicon)
+    h2o_node = run_dft('h2o', orm.StructureData(ase=molecule('H2O')))
+    si, h2o = si_node.outputs.properties, h2o_node.outputs.properties
     assert si['fingerprint'] == h2o['fingerprint']
-    assert si['level_of_theory'] == h2o['level_of_theory']
+    assert result_level_of_theory(si_node) == result_level_of_theory(h2o_node)
     layer = run_dft('hbn', orm.StructureData(ase=hbn()), 'fast').outputs.properties
     assert layer['fingerprint'] == si['fingerprint']
 
@@ -448,7 +451,7 @@ def test_mad_protocol_silicon(run_dft, silicon):
     assert written['kpoints'] == ((17, 17, 17), (0, 0, 0))
 
     properties = node.outputs.properties.get_dict()
-    theory = properties['level_of_theory']
+    theory = result_level_of_theory(node)
     assert (theory['ecutwfc'], theory['ecutrho'], theory['kpoints_distance'], theory['vacuum']) == (
         110.0,
         1320.0,
