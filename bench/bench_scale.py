@@ -347,6 +347,7 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
                     'code_version': theory.get('code_version'),
                     'units': {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3'},
                     'fingerprint': fingerprint,
+                    'level_of_theory': theory,
                     'dimensionality': 3,
                     'subset': SUBSET,
                 },
