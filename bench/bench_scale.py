@@ -157,7 +157,15 @@ def _postgres_credentials() -> dict:
         password_file.touch(mode=0o600)
         password_file.write_text(secrets.token_urlsafe(18).replace('-', '').replace('_', ''))
         _psql(f"ALTER USER postgres PASSWORD '{password_file.read_text().strip()}'")
-    return {'port': int(port), 'password': password_file.read_text().strip()}
+    password = password_file.read_text().strip()
+    try:
+        import psycopg
+
+        psycopg.connect(host='localhost', port=int(port), user='postgres', password=password, dbname='postgres').close()
+    except psycopg.OperationalError:
+        # Another setup (e.g. a test's profile with its own AIIDA_PATH) gave the role another password: set ours again.
+        _psql(f"ALTER USER postgres PASSWORD '{password}'")
+    return {'port': int(port), 'password': password}
 
 
 def _psql(sql: str) -> None:
@@ -165,8 +173,9 @@ def _psql(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def profile(backend: str, folder: pathlib.Path):
-    """Create and load a throw-away profile of ``backend`` in ``folder``; drop its PostgreSQL database afterwards."""
+def profile(backend: str, folder: pathlib.Path, keep: bool = False):
+    """Create and load a throw-away profile of ``backend`` in ``folder``; drop its PostgreSQL database afterwards
+    (unless ``keep``)."""
     from aiida.manage.configuration import create_profile, get_config, profile_context, reset_config, settings
 
     config_dir = folder / settings.DEFAULT_CONFIG_DIR_NAME
@@ -210,7 +219,7 @@ def profile(backend: str, folder: pathlib.Path):
             yield created, database
     finally:
         reset_config()
-        if database is not None:
+        if database is not None and not keep:
             from aiida.manage import get_manager
 
             with contextlib.suppress(Exception):
@@ -465,7 +474,7 @@ def run_one(backend: str, size: int, keep: bool, output: pathlib.Path | None = N
     stages = Stages(backend, size, output)
     stages.generate_limit = generate_limit
     try:
-        with profile(backend, folder) as (_, database):
+        with profile(backend, folder, keep) as (_, database):
             _run_stages(stages, folder, database)
         stages.info['complete'] = True
         stages.save()

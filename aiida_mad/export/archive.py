@@ -72,6 +72,7 @@ saves). ``compression=6`` or ``9`` for the smallest files.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import json
 import operator
@@ -86,7 +87,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiida import orm
 
@@ -290,6 +291,10 @@ def _write_with_create_archive(pks: list[int], path: pathlib.Path, compression: 
 #: Rows per query (``id IN (...)``) and per insert of the bulk writer.
 _BATCH = 10_000
 
+#: Copy the rows of a SQLite profile inside SQLite (``ATTACH`` and ``INSERT ... SELECT``); ``False``: through Python,
+#: as for PostgreSQL (the tests write archives both ways).
+_ATTACH_SQLITE = True
+
 #: Repository object keys in (JSON) repository metadata.
 _KEY_PATTERN = re.compile(r'"k": ?"([0-9a-f]{64})"')
 
@@ -319,10 +324,31 @@ class _Source:
         storage = get_manager().get_profile_storage()
         self.session = storage.get_session()
         self.repository = storage.get_repository()
-        self.postgres = self.session.get_bind().dialect.name == 'postgresql'
+        bind = self.session.get_bind()
+        self.postgres = bind.dialect.name == 'postgresql'
+        #: The profile's SQLite database file (``None`` on PostgreSQL): attached to the archive's database, its rows
+        #: are copied by ``INSERT ... SELECT`` inside SQLite (see :meth:`attach`).
+        self.sqlite_file = bind.url.database if bind.dialect.name == 'sqlite' and _ATTACH_SQLITE else None
+        #: Where :meth:`rows` runs: the session's connection, or the archive's with the profile attached as ``src``.
+        self.attached: sqlite3.Connection | None = None
+        self.prefix = ''
+
+    def attach(self, connection: sqlite3.Connection) -> bool:
+        """Attach the profile's SQLite database to ``connection`` as ``src`` (to read); ``False`` on PostgreSQL."""
+        if self.sqlite_file is None:
+            return False
+        connection.execute('ATTACH DATABASE ? AS src', (str(self.sqlite_file),))  # only read
+        self.attached, self.prefix = connection, 'src.'
+        return True
 
     def rows(self, sql: str) -> list[tuple]:
-        """Return the rows of ``sql`` through the session's own database connection (its transaction)."""
+        """Return the rows of ``sql``.
+
+        Through the session's own database connection (its transaction), or through the archive's connection once
+        the profile is attached (tables then named with :attr:`prefix`).
+        """
+        if self.attached is not None:
+            return self.attached.execute(sql).fetchall()
         cursor = self.session.connection().connection.cursor()
         try:
             cursor.execute(sql)
@@ -349,22 +375,45 @@ class _Source:
                 projected.append(f'"{name}"')
         rows = []
         for batch in _batches(values):
-            rows.extend(self.rows(f'SELECT {", ".join(projected)} FROM {table.name} WHERE {where} IN ({_ints(batch)})'))
+            sql = f'SELECT {", ".join(projected)} FROM {self.prefix}{table.name} WHERE {where} IN ({_ints(batch)})'
+            rows.extend(self.rows(sql))
         return names, rows
 
-    def neighbours(self, pks: Sequence[int], forward: list[str], backward: list[str]) -> set[int]:
-        """Return the nodes one link away from ``pks``: outputs by ``forward`` link types, inputs by ``backward``."""
+    def process_pks(self, pks: Sequence[int]) -> set[int]:
+        """Return those of ``pks`` that are process nodes."""
         found: set[int] = set()
-        for side, other, types in (('input_id', 'output_id', forward), ('output_id', 'input_id', backward)):
-            if not types:
-                continue
-            # The link type is filtered here, not in SQL: given `type IN (...)`, SQLite may walk the index of the
-            # link type (every link of those types, for each batch: quadratic) instead of that of the node.
-            kinds = set(types)
-            for batch in _batches(pks):
-                sql = f'SELECT {other}, type FROM db_dblink WHERE {side} IN ({_ints(batch)})'
-                found.update(pk for pk, kind in self.rows(sql) if kind in kinds)
+        for batch in _batches(pks):
+            sql = f'SELECT id, node_type FROM {self.prefix}db_dbnode WHERE id IN ({_ints(batch)})'
+            found.update(pk for pk, node_type in self.rows(sql) if node_type.startswith('process.'))
         return found
+
+    def neighbours(self, pks: Sequence[int], link_type: str, forward: bool) -> set[int]:
+        """Return the nodes one ``link_type`` link away from ``pks``: its outputs (``forward``) or its inputs."""
+        from aiida.common.links import LinkType
+
+        side, other = ('input_id', 'output_id') if forward else ('output_id', 'input_id')
+        # On SQLite as `+type`, which no index can serve: given `type = ...`, SQLite may walk the index of the link
+        # type (every link of that type, for each batch: quadratic) instead of that of the node.
+        column = 'type' if self.postgres else '+type'
+        kind = LinkType(link_type).value  # a plain word
+        found: set[int] = set()
+        for batch in _batches(pks):
+            sql = f"SELECT {other} FROM {self.prefix}db_dblink WHERE {side} IN ({_ints(batch)}) AND {column} = '{kind}'"
+            found.update(pk for (pk,) in self.rows(sql))
+        return found
+
+
+#: For each link type, whether the node at its input and at its output side is a process node (AiiDA's link rules:
+#: CREATE calculation -> data, RETURN workflow -> data, INPUT_CALC/INPUT_WORK data -> process, CALL_CALC/CALL_WORK
+#: workflow -> process).
+_LINK_SIDES = {
+    'create': (True, False),
+    'return': (True, False),
+    'input_calc': (False, True),
+    'input_work': (False, True),
+    'call_calc': (True, True),
+    'call_work': (True, True),
+}
 
 
 def _ints(values: Sequence[int]) -> str:
@@ -373,13 +422,26 @@ def _ints(values: Sequence[int]) -> str:
 
 
 def _closure(source: _Source, starting: Sequence[int]) -> set[int]:
-    """Return the pks reached from ``starting`` by the export traversal rules (as aiida-core's ``get_nodes_export``)."""
+    """Return the pks reached from ``starting`` by the export traversal rules (as aiida-core's ``get_nodes_export``).
+
+    A link type is followed forwards only from the nodes that can be at its input side, backwards only from those
+    that can be at its output side (a data node is never the input of a ``create`` link...): the kind of every node
+    found is known from the link it was found by, so no node is queried for links it cannot have (the outputs of a
+    result, input to every dataset built from it, would otherwise bring all those links back at each step).
+    """
     forward, backward = _traversal_link_types()
+    steps = [(kind, True) for kind in forward] + [(kind, False) for kind in backward]
     selected = set(starting)
-    frontier = sorted(selected)
-    while frontier:
-        frontier = sorted(source.neighbours(frontier, forward, backward) - selected)
-        selected.update(frontier)
+    processes = source.process_pks(sorted(selected))
+    frontier = {True: sorted(processes), False: sorted(selected - processes)}  # {is a process: pks}
+    while frontier[True] or frontier[False]:
+        found: dict[bool, set[int]] = {True: set(), False: set()}
+        for kind, ahead in steps:
+            start_is_process, end_is_process = _LINK_SIDES[kind] if ahead else _LINK_SIDES[kind][::-1]
+            if frontier[start_is_process]:
+                found[end_is_process] |= source.neighbours(frontier[start_is_process], kind, ahead)
+        frontier = {key: sorted(pks - selected) for key, pks in found.items()}
+        selected.update(*frontier.values())
     return selected
 
 
@@ -448,6 +510,205 @@ def _add_member(archive: zipfile.ZipFile, name: str, content: bytes, compression
     archive._didModify = True
 
 
+def _replace_texts(connection: sqlite3.Connection, texts: Sequence[str]) -> bool:
+    """Replace every remaining private text in every text column of the archive's database; ``True`` if any was."""
+    if not texts:
+        return False
+    needles = list(dict.fromkeys(n for text in texts for n in (text, json.dumps(text)[1:-1])))
+    before = connection.total_changes
+    tables = connection.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'").fetchall()
+    for (table,) in tables:
+        columns = [row[1] for row in connection.execute(f'PRAGMA main.table_info("{table}")').fetchall()]
+        for first in range(0, len(needles), 20):  # one scan of the table per 20 texts
+            chunk = needles[first : first + 20]
+            assignments, found, parameters = [], [], []
+            for column in columns:
+                replaced = f'"{column}"'
+                for needle in chunk:
+                    replaced = f'replace({replaced}, ?, ?)'
+                    parameters += [needle, SCRUBBED]
+                text_only = f'CASE WHEN typeof("{column}") = \'text\' THEN {replaced} ELSE "{column}" END'
+                assignments.append(f'"{column}" = {text_only}')
+                found += [f'instr("{column}", ?) > 0' for _ in chunk]
+            connection.execute(
+                f'UPDATE main."{table}" SET {", ".join(assignments)} WHERE {" OR ".join(found)}',
+                parameters + chunk * len(columns),
+            )
+    return connection.total_changes > before
+
+
+class _Deflated(NamedTuple):
+    """A file compressed to a raw deflate stream (the data of a ZIP member) in ``path``."""
+
+    path: pathlib.Path
+    crc: int
+    size: int
+    compressed_size: int
+
+
+def _deflate_file(path: pathlib.Path, level: int) -> _Deflated | None:
+    """Compress the file ``path`` at deflate ``level`` into ``<path>.deflate``, in chunks; ``None`` for level 0.
+
+    zlib releases the GIL while it compresses, so this runs in a second thread beside Python work.
+    """
+    if not level:
+        return None
+    target = path.with_name(path.name + '.deflate')
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    crc = size = 0
+    with path.open('rb') as source, target.open('wb') as handle:
+        while chunk := source.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            handle.write(compressor.compress(chunk))
+        handle.write(compressor.flush())
+    return _Deflated(target, crc, size, target.stat().st_size)
+
+
+def _add_file_member(
+    archive: zipfile.ZipFile, name: str, path: pathlib.Path, deflated: _Deflated | None, date_time: tuple
+) -> None:
+    """Append the file ``path`` as member ``name``, from its compressed copy ``deflated`` when there is one.
+
+    Without it (no compression) or at ZIP64 sizes, ``ZipFile.write`` writes the member.
+    """
+    if deflated is None or max(deflated.size, deflated.compressed_size) >= zipfile.ZIP64_LIMIT:
+        archive.write(path, name)
+        return
+    info = zipfile.ZipInfo(name, date_time)
+    info.file_size, info.CRC, info.compress_size = deflated.size, deflated.crc, deflated.compressed_size
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o600 << 16
+    info.header_offset = archive.fp.tell()
+    archive.fp.write(info.FileHeader())
+    with deflated.path.open('rb') as handle:
+        shutil.copyfileobj(handle, archive.fp, 1 << 22)
+    archive.start_dir = archive.fp.tell()
+    archive.filelist.append(info)
+    archive.NameToInfo[name] = info
+    archive._didModify = True
+
+
+def _insert(connection: sqlite3.Connection, table: str, names: Sequence[str], rows: Sequence[Sequence]) -> None:
+    if rows:
+        marks = ', '.join('?' * len(names))
+        columns = ', '.join(f'"{name}"' for name in names)
+        connection.executemany(f'INSERT INTO {table} ({columns}) VALUES ({marks})', rows)
+
+
+def _fix_node(node_type: str, attributes: str | None, repository: str, scrubber: _Scrubber | None):
+    """Return ``(attributes, repository metadata, unsealed)`` of a node row as the archive gets it.
+
+    The checkpoint of a process node is removed (``unsealed`` tells whether it is not sealed); unless ``scrubber`` is
+    ``None``, its private keys are emptied and its private files left out of its repository metadata.
+    """
+    from aiida.orm import ProcessNode
+
+    unsealed = False
+    if node_type.startswith('process.') and (
+        attributes is None or f'"{ProcessNode.CHECKPOINT_KEY}"' in attributes or '"sealed": true' not in attributes
+    ):
+        value = json.loads(attributes or '{}')
+        unsealed = value.get('sealed') is not True
+        if ProcessNode.CHECKPOINT_KEY in value:
+            value.pop(ProcessNode.CHECKPOINT_KEY)
+            attributes = _dump(value)
+    if scrubber is not None:
+        attributes = scrubber.attributes(node_type, attributes)
+        repository = scrubber.repository(repository)
+    return attributes, repository, unsealed
+
+
+def _copy_nodes(source: _Source, connection, table, names: list[str], node_ids, starting: set[int], scrubber):
+    """Copy the node rows ``node_ids`` through Python, batch by batch, each row passed through :func:`_fix_node`.
+
+    :return: ``(users, computers, repository keys, unsealed pks, uuids of the starting nodes)``.
+    """
+    at = {name: index for index, name in enumerate(names)}
+    users, computers, keys, unsealed, starting_uuids = set(), set(), set(), [], []
+    for batch in _batches(node_ids):
+        _, rows = source.select(table, 'id', batch, names)
+        out = []
+        for row in rows:
+            row = list(row)
+            attributes, repository, is_unsealed = _fix_node(
+                row[at['node_type']], row[at['attributes']], row[at['repository_metadata']], scrubber
+            )
+            row[at['attributes']], row[at['repository_metadata']] = attributes, repository
+            if is_unsealed:
+                unsealed.append(row[at['id']])
+            users.add(row[at['user_id']])
+            if row[at['dbcomputer_id']] is not None:
+                computers.add(row[at['dbcomputer_id']])
+            if repository != '{}':
+                keys.update(_KEY_PATTERN.findall(repository))
+            if row[at['id']] in starting:
+                starting_uuids.append(row[at['uuid']])
+            out.append(row)
+        _insert(connection, table.name, names, out)
+    return users, computers, keys, unsealed, starting_uuids
+
+
+def _copy_nodes_attached(connection, names: list[str], node_ids, starting: set[int], scrubber):
+    """Copy the node rows ``node_ids`` from the attached profile (``src``) with one ``INSERT ... SELECT``.
+
+    Only the rows :func:`_fix_node` may change are read into Python and updated: process nodes with a checkpoint or
+    not sealed, and (scrubbing) codes and the rows whose text holds a private key or a private file name. The pks
+    go to the temporary table ``mad_selected`` (the links are copied with it). Returns what :func:`_copy_nodes` does.
+    """
+    from aiida.orm import ProcessNode
+
+    connection.execute('CREATE TEMP TABLE mad_selected (id INTEGER PRIMARY KEY)')
+    connection.executemany('INSERT INTO temp.mad_selected VALUES (?)', ((pk,) for pk in node_ids))
+    columns = ', '.join(f'"{name}"' for name in names)
+    connection.execute(
+        f'INSERT INTO main.db_dbnode ({columns}) SELECT {columns} FROM src.db_dbnode '
+        'WHERE id IN (SELECT id FROM temp.mad_selected) ORDER BY id'
+    )
+    conditions = [
+        "(substr(node_type, 1, 8) = 'process.' AND (attributes IS NULL OR instr(attributes, ?) > 0 "
+        'OR instr(attributes, \'"sealed": true\') = 0))'
+    ]
+    parameters = [f'"{ProcessNode.CHECKPOINT_KEY}"']
+    if scrubber is not None:
+        conditions.append("substr(node_type, 1, 15) = 'data.core.code.'")
+        needles = [f'"{key}"' for key in _PRIVATE_KEYS]
+        conditions += ['instr(attributes, ?) > 0'] * len(needles)
+        conditions += ['instr(repository_metadata, ?) > 0'] * len(_PRIVATE_FILES)
+        parameters += needles + [f'"{name}"' for name in _PRIVATE_FILES]
+    unsealed = []
+    rows = connection.execute(
+        f'SELECT id, node_type, attributes, repository_metadata FROM main.db_dbnode WHERE {" OR ".join(conditions)}',
+        parameters,
+    ).fetchall()
+    for pk, node_type, attributes, repository in rows:
+        fixed, fixed_repository, is_unsealed = _fix_node(node_type, attributes, repository, scrubber)
+        if is_unsealed:
+            unsealed.append(pk)
+        if (fixed, fixed_repository) != (attributes, repository):
+            connection.execute(
+                'UPDATE main.db_dbnode SET attributes = ?, repository_metadata = ? WHERE id = ?',
+                (fixed, fixed_repository, pk),
+            )
+    users = {pk for (pk,) in connection.execute('SELECT DISTINCT user_id FROM main.db_dbnode')}
+    computers = {
+        pk
+        for (pk,) in connection.execute(
+            'SELECT DISTINCT dbcomputer_id FROM main.db_dbnode WHERE dbcomputer_id IS NOT NULL'
+        )
+    }
+    keys = set()
+    for (repository,) in connection.execute(
+        "SELECT repository_metadata FROM main.db_dbnode WHERE repository_metadata != '{}'"
+    ):
+        keys.update(_KEY_PATTERN.findall(repository))
+    starting_uuids = []  # in the order of the pks, as :func:`_copy_nodes` gives them
+    for batch in _batches(sorted(starting)):
+        sql = f'SELECT uuid FROM main.db_dbnode WHERE id IN ({_ints(batch)}) ORDER BY id'
+        starting_uuids += [uuid for (uuid,) in connection.execute(sql)]
+    return users, computers, keys, unsealed, starting_uuids
+
+
 def write_archive(
     pks: Sequence[int],
     path: str | os.PathLike,
@@ -476,7 +737,6 @@ def write_archive(
 
     from aiida import get_version
     from aiida.common.links import GraphTraversalRules
-    from aiida.orm import ProcessNode
     from aiida.storage.sqlite_zip import models, utils
     from aiida.tools.archive.abstract import get_format
     from aiida.tools.archive.exceptions import ExportValidationError
@@ -484,69 +744,42 @@ def write_archive(
     path = pathlib.Path(path)
     source = _Source()
     scrubber = None if private_data else _Scrubber()
-    start = time.process_time()
-    node_ids = sorted(_closure(source, pks))
     starting = set(pks)
-    counts = {'nodes': len(node_ids), 'links': 0, 'objects': 0, 'objects_rewritten': 0}
-    counts['cpu'] = {'_start': start}
+    counts = {'nodes': 0, 'links': 0, 'objects': 0, 'objects_rewritten': 0}
+    counts['cpu'] = {'_start': time.process_time()}
 
     with tempfile.TemporaryDirectory(prefix='.mad-archive-', dir=path.parent) as work:
         database = pathlib.Path(work) / utils.DB_FILENAME
         engine = utils.create_sqla_engine(database)
         models.SqliteBase.metadata.create_all(engine)
         engine.dispose()
-        connection = sqlite3.connect(database)
+        # Not bound to this thread: the indexes are made in a second thread while the repository is streamed.
+        connection = sqlite3.connect(database, check_same_thread=False)
         try:
             connection.execute('PRAGMA journal_mode = OFF')
             connection.execute('PRAGMA synchronous = OFF')
+            attached = source.attach(connection)
+            node_ids = sorted(_closure(source, pks))
+            counts['nodes'] = len(node_ids)
             # The secondary indexes are dropped during the inserts and made again afterwards (faster in bulk).
             indexes = connection.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                "SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
             ).fetchall()
             for name, _ in indexes:
-                connection.execute(f'DROP INDEX "{name}"')
+                connection.execute(f'DROP INDEX main."{name}"')
 
             def insert(table, names, rows):
-                if rows:
-                    marks = ', '.join('?' * len(names))
-                    columns = ', '.join(f'"{name}"' for name in names)
-                    connection.executemany(f'INSERT INTO {table.name} ({columns}) VALUES ({marks})', rows)
+                _insert(connection, table.name, names, rows)
 
             _phase(counts, 'closure')
             # Nodes: checkpoints stripped, sealed checked, private keys scrubbed; users, computers and keys collected.
             node_table = models.DbNode.__table__
             names = [column.name for column in node_table.columns]
-            at = {name: index for index, name in enumerate(names)}
-            users, computers, keys, unsealed, starting_uuids = set(), set(), set(), [], []
-            checkpoint = f'"{ProcessNode.CHECKPOINT_KEY}"'
-            for batch in _batches(node_ids):
-                _, rows = source.select(node_table, 'id', batch, names)
-                out = []
-                for row in rows:
-                    row = list(row)
-                    node_type, attributes = row[at['node_type']], row[at['attributes']]
-                    if node_type.startswith('process.') and (
-                        attributes is None or checkpoint in attributes or '"sealed": true' not in attributes
-                    ):
-                        value = json.loads(attributes or '{}')
-                        if value.get('sealed') is not True:
-                            unsealed.append(row[at['id']])
-                        if ProcessNode.CHECKPOINT_KEY in value:
-                            value.pop(ProcessNode.CHECKPOINT_KEY)
-                            attributes = _dump(value)
-                    if scrubber is not None:
-                        attributes = scrubber.attributes(node_type, attributes)
-                        row[at['repository_metadata']] = scrubber.repository(row[at['repository_metadata']])
-                    row[at['attributes']] = attributes
-                    users.add(row[at['user_id']])
-                    if row[at['dbcomputer_id']] is not None:
-                        computers.add(row[at['dbcomputer_id']])
-                    if row[at['repository_metadata']] != '{}':
-                        keys.update(_KEY_PATTERN.findall(row[at['repository_metadata']]))
-                    if row[at['id']] in starting:
-                        starting_uuids.append(row[at['uuid']])
-                    out.append(row)
-                insert(node_table, names, out)
+            if attached:
+                copied = _copy_nodes_attached(connection, names, node_ids, starting, scrubber)
+            else:
+                copied = _copy_nodes(source, connection, node_table, names, node_ids, starting, scrubber)
+            users, computers, keys, unsealed, starting_uuids = copied
             if unsealed:
                 raise ExportValidationError(
                     'All ProcessNodes must be sealed before they can be exported. '
@@ -556,14 +789,22 @@ def write_archive(
             _phase(counts, 'nodes')
             # Links between two exported nodes: exactly those the traversal walks (every link type is followed in
             # one direction from the node that is always exported with it).
-            selected = set(node_ids)
             link_table = models.DbLink.__table__
             link_names = ['input_id', 'output_id', 'label', 'type']
-            for batch in _batches(node_ids):
-                _, rows = source.select(link_table, 'output_id', batch, link_names)
-                rows = [row for row in rows if row[0] in selected]
-                counts['links'] += len(rows)
-                insert(link_table, link_names, rows)
+            if attached:
+                columns = ', '.join(link_names)
+                counts['links'] = connection.execute(
+                    f'INSERT INTO main.db_dblink ({columns}) SELECT {columns} FROM src.db_dblink '
+                    'WHERE output_id IN (SELECT id FROM temp.mad_selected) '
+                    'AND input_id IN (SELECT id FROM temp.mad_selected)'
+                ).rowcount
+            else:
+                selected = set(node_ids)
+                for batch in _batches(node_ids):
+                    _, rows = source.select(link_table, 'output_id', batch, link_names)
+                    rows = [row for row in rows if row[0] in selected]
+                    counts['links'] += len(rows)
+                    insert(link_table, link_names, rows)
 
             _phase(counts, 'links')
             for model in (models.DbLog, models.DbComment):
@@ -598,31 +839,17 @@ def write_archive(
 
             _phase(counts, 'logs users computers')
             texts = _texts(scrubber.found) if scrubber is not None else []
-            vacuum = False
-            if texts:  # whatever still holds a private text (logs, comments, labels, extras...), in every text column
-                needles = list(dict.fromkeys(n for text in texts for n in (text, json.dumps(text)[1:-1])))
-                before = connection.total_changes
-                tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-                for (table,) in tables:
-                    columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")').fetchall()]
-                    for first in range(0, len(needles), 20):  # one scan of the table per 20 texts
-                        chunk = needles[first : first + 20]
-                        assignments, found, parameters = [], [], []
-                        for column in columns:
-                            replaced = f'"{column}"'
-                            for needle in chunk:
-                                replaced = f'replace({replaced}, ?, ?)'
-                                parameters += [needle, SCRUBBED]
-                            text_only = f'CASE WHEN typeof("{column}") = \'text\' THEN {replaced} ELSE "{column}" END'
-                            assignments.append(f'"{column}" = {text_only}')
-                            found += [f'instr("{column}", ?) > 0' for _ in chunk]
-                        connection.execute(
-                            f'UPDATE "{table}" SET {", ".join(assignments)} WHERE {" OR ".join(found)}',
-                            parameters + chunk * len(columns),
-                        )
-                vacuum = connection.total_changes > before
 
-            _phase(counts, 'scrub')
+            def finish_database() -> _Deflated | None:
+                # Second thread: SQLite and zlib work without the GIL while this one streams the repository.
+                changed = _replace_texts(connection, texts)
+                for _, sql in indexes:
+                    connection.execute(re.sub(r'^(CREATE (?:UNIQUE )?INDEX )', r'\1main.', sql))
+                connection.commit()
+                if changed:
+                    connection.execute('VACUUM')  # no free pages left holding the old texts
+                return _deflate_file(database, compression)
+
             # Repository objects, streamed into the ZIP file (those holding a private text rewritten, rekeyed).
             deflate = {'compression': zipfile.ZIP_DEFLATED, 'compresslevel': compression} if compression else {}
             encoded = [text.encode('utf-8') for text in texts]
@@ -630,31 +857,34 @@ def write_archive(
             renamed: dict[str, str] = {}
             date_time = time.localtime()[:6]
             with zipfile.ZipFile(path, 'x', **deflate) as target:
-                written: set[str] = set()
-                for key, stream in source.repository.iter_object_streams(sorted(keys)):
-                    content = stream.read()
-                    if encoded and any(text in content for text in encoded):
-                        for text in encoded:
-                            content = content.replace(text, scrubbed_bytes)
-                        renamed[key] = hashlib.sha256(content).hexdigest()
-                        counts['objects_rewritten'] += 1
-                    name = renamed.get(key, key)
-                    if name not in written:
-                        _add_member(target, f'{utils.REPO_FOLDER}/{name}', content, compression, date_time)
-                        written.add(name)
-                        counts['objects'] += 1
-                for old, new in renamed.items():
-                    connection.execute(
-                        'UPDATE db_dbnode SET repository_metadata = replace(repository_metadata, ?, ?) '
-                        'WHERE instr(repository_metadata, ?) > 0',
-                        (old, new, old),
-                    )
-                _phase(counts, 'repository')
-                for _, sql in indexes:
-                    connection.execute(sql)
-                connection.commit()
-                if vacuum or renamed:
-                    connection.execute('VACUUM')  # no free pages left holding the old texts
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    database_done = pool.submit(finish_database)
+                    written: set[str] = set()
+                    for key, stream in source.repository.iter_object_streams(sorted(keys)):
+                        content = stream.read()
+                        if encoded and any(text in content for text in encoded):
+                            for text in encoded:
+                                content = content.replace(text, scrubbed_bytes)
+                            renamed[key] = hashlib.sha256(content).hexdigest()
+                            counts['objects_rewritten'] += 1
+                        name = renamed.get(key, key)
+                        if name not in written:
+                            _add_member(target, f'{utils.REPO_FOLDER}/{name}', content, compression, date_time)
+                            written.add(name)
+                            counts['objects'] += 1
+                    _phase(counts, 'repository')
+                    deflated = database_done.result()
+                _phase(counts, 'database: scrub, index, compression')
+                if renamed:
+                    for old, new in renamed.items():
+                        connection.execute(
+                            'UPDATE db_dbnode SET repository_metadata = replace(repository_metadata, ?, ?) '
+                            'WHERE instr(repository_metadata, ?) > 0',
+                            (old, new, old),
+                        )
+                    connection.commit()
+                    connection.execute('VACUUM')
+                    deflated = _deflate_file(database, compression)
                 connection.close()
 
                 archive_format = get_format()
@@ -676,14 +906,13 @@ def write_archive(
                         'graph_traversal_rules': rules,
                     },
                 }
-                _phase(counts, 'database index')
-                target.write(database, utils.DB_FILENAME)
+                _add_file_member(target, utils.DB_FILENAME, database, deflated, date_time)
                 target.writestr(utils.META_FILENAME, json.dumps(metadata), compress_type=zipfile.ZIP_STORED)
                 # aiida reads the metadata and the database from the first entries of the central directory
                 target.filelist = target.filelist[-2:][::-1] + target.filelist[:-2]
         finally:
             connection.close()
-    _phase(counts, 'database compression and central directory')
+    _phase(counts, 'central directory')
     del counts['cpu']['_start']
     return counts
 
