@@ -87,6 +87,23 @@ def test_old_layout_gives_the_same_results(labelled):
     old['properties'].base.links.add_incoming(workchain, LinkType.RETURN, 'properties')
     assert result_level_of_theory(workchain) == theory
     assert fingerprint(result_level_of_theory(workchain)) == properties['fingerprint']
+
+
+def _returning(properties: dict) -> orm.WorkflowNode:
+    """Return a stored work chain node that returns ``properties``, with no process under it."""
+    workchain = orm.WorkflowNode().store()
+    orm.Dict(properties).store().base.links.add_incoming(workchain, LinkType.RETURN, 'properties')
+    return workchain
+
+
+def test_level_of_theory_of_a_result_without_its_calcfunction(labelled):
+    """Rows without the ``extract_dft_results`` (inserted in bulk) take the shared node of their fingerprint."""
+    node = labelled.nodes('mc3d')[0]
+    key = node.outputs.properties['fingerprint']
+    assert result_level_of_theory(_returning({'fingerprint': key})) == result_level_of_theory(node)
+    unknown = _returning({'fingerprint': 'f' * 64})
+    with pytest.raises(ValueError, match=rf'WorkflowNode<{unknown.pk}> has no level of theory'):
+        result_level_of_theory(unknown)
     unfinished = orm.WorkflowNode().store()
     with pytest.raises(ValueError, match=rf'WorkflowNode<{unfinished.pk}> has no level of theory'):
         result_level_of_theory(unfinished)

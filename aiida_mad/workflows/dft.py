@@ -339,7 +339,11 @@ class MadDftWorkChain(StrictProtocolMixin, WorkChain):
         spec.output('stress', valid_type=orm.ArrayData, required=False, help='Stress in eV/Å³, ASE sign; not for 0D.')
         spec.output('bands', valid_type=orm.BandsData, help='Eigenvalues (eV), k-points, weights, occupations.')
         spec.output('dos', valid_type=orm.ArrayData, help='DOS on the PET-MAD-DOS grid (arrays `energies`, `dos`).')
-        spec.output('properties', valid_type=orm.Dict, help='Scalars, the fingerprint and the level of theory.')
+        spec.output(
+            'properties',
+            valid_type=orm.Dict,
+            help='Scalars and the level-of-theory fingerprint (see `result_level_of_theory`).',
+        )
 
         spec.exit_code(202, 'ERROR_CODE_VERSION_UNKNOWN', message='{message}')
         spec.exit_code(310, 'ERROR_SCF_FAILED', message='pw.x did not finish after all restarts: {message}')
@@ -606,9 +610,11 @@ def result_level_of_theory(workchain: orm.WorkflowNode) -> dict:
 
     One query: the ``level_of_theory`` input of the ``extract_dft_results`` the work chain called (see
     :func:`level_of_theory_node`); ``properties`` holds the fingerprint of it, not a copy. Results stored before that
-    node was shared have the level of theory in ``properties`` instead, and it is read from there.
+    node was shared have the level of theory in ``properties``, and it is read from there. A result with neither
+    (its calcfunction not in this profile, e.g. rows inserted in bulk) takes the shared node of its fingerprint
+    (label ``mad level of theory <fingerprint>``) whose content has that fingerprint.
 
-    :raises ValueError: if the work chain has neither (it did not finish, or is not a ``MadDftWorkChain``).
+    :raises ValueError: if none of these gives it (the work chain did not finish, or is not a ``MadDftWorkChain``).
     """
     query = orm.QueryBuilder()
     query.append(orm.WorkflowNode, filters={'id': workchain.pk}, tag='workchain')
@@ -620,13 +626,22 @@ def result_level_of_theory(workchain: orm.WorkflowNode) -> dict:
     if theory is not None:
         return theory
     properties = workchain.outputs.properties.get_dict() if 'properties' in workchain.outputs else {}
-    if 'level_of_theory' not in properties:
-        name = workchain.process_label or type(workchain).__name__
-        raise ValueError(
-            f'{name}<{workchain.pk}> has no level of theory: no `level_of_theory` input of its `extract_dft_results` '
-            'and none in its `properties` output (is it a finished MadDftWorkChain?)'
+    if 'level_of_theory' in properties:
+        return properties['level_of_theory']
+    key = properties.get('fingerprint')
+    if key:
+        query = orm.QueryBuilder().append(
+            orm.Dict, filters={'label': f'{LEVEL_OF_THEORY_LABEL} {key}'}, project='attributes'
         )
-    return properties['level_of_theory']
+        for (theory,) in query.iterall():
+            if fingerprint(theory) == key:
+                return theory
+    name = workchain.process_label or type(workchain).__name__
+    raise ValueError(
+        f'{name}<{workchain.pk}> has no level of theory: no `level_of_theory` input of its `extract_dft_results`, '
+        f'none in its `properties` output and no level-of-theory node of its fingerprint {key!r} '
+        '(is it a finished MadDftWorkChain?)'
+    )
 
 
 def load_family(label: str):
