@@ -356,7 +356,6 @@ def store_results(structures: list[tuple[int, str, dict]], fingerprint: str, the
                     'code_version': theory.get('code_version'),
                     'units': {'energy': 'eV', 'forces': 'eV/Å', 'stress': 'eV/Å^3'},
                     'fingerprint': fingerprint,
-                    'level_of_theory': theory,
                     'dimensionality': 3,
                     'subset': SUBSET,
                 },
@@ -500,7 +499,7 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     from aiida_mad.query import lineage, query_frames
     from aiida_mad.storage import store_seeds
     from aiida_mad.workflows.dataset import DatasetWorkChain
-    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA, protocol_level_of_theory
+    from aiida_mad.workflows.dft import CODE_VERSION_EXTRA, level_of_theory_node, protocol_level_of_theory
     from aiida_mad.workflows.generate import StructureGeneration
 
     sys.path.insert(0, str(HERE))
@@ -534,6 +533,7 @@ def _run_stages(stages: Stages, folder: pathlib.Path, database: str | None) -> N
     )
     fingerprint = controller.fingerprint
     theory = protocol_level_of_theory(code, PROTOCOL, OVERRIDES)
+    level_of_theory_node(fingerprint, theory).store()  # one per fingerprint, as real runs share it
     query = orm.QueryBuilder().append(orm.Group, filters={'label': PARENT_GROUP}, tag='g')
     query.append(orm.StructureData, with_group='g', project=['id', 'uuid', 'attributes'], tag='s')
     structures = sorted(query.all(), key=lambda row: row[0])

@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextvars
 import io
 import itertools
+import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -95,6 +96,29 @@ def _chunks(values: Sequence) -> list[Sequence]:
 _LINKED: contextvars.ContextVar[dict[str, dict[str, int]]] = contextvars.ContextVar('mad_bulk_linked')
 
 
+def insert_rows(session, table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (dictionaries of column values, all with the same keys) into ``table`` in ``session``.
+
+    On PostgreSQL through ``COPY ... FROM STDIN`` on the session's own connection (its transaction): the server
+    parses no statement per row (about 5 times less server time than multi-row ``INSERT``s for the 10⁵ links of a
+    dataset); on SQLite with SQLAlchemy's ``executemany``, one per :data:`~aiida_mad.constants.QUERY_CHUNK_SIZE`.
+    """
+    from sqlalchemy import insert
+
+    if not rows:
+        return
+    if session.get_bind().dialect.name == 'postgresql':
+        names = list(rows[0])
+        columns = ', '.join(f'"{name}"' for name in names)
+        cursor = session.connection().connection.driver_connection.cursor()
+        with cursor.copy(f'COPY {table.name} ({columns}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in names])
+        return
+    for chunk in _chunks(rows):
+        session.execute(insert(table), list(chunk))
+
+
 def linked_inputs() -> dict[str, dict[str, int]]:
     """Return the inputs given by pk to the running bulk-linked process (``{namespace: {label: pk}}``), else ``{}``."""
     return _LINKED.get({})
@@ -121,8 +145,18 @@ def query_rows(query: orm.QueryBuilder, batch_size: int | None = None) -> Iterat
     (JSON decoded, datetimes parsed), but the ORM's row loading, which the session's ``execute`` adds to a statement
     over mapped tables, is skipped (3 times less CPU per row). The session is flushed first, as ``execute`` would.
     """
+    from sqlalchemy import JSON, Text, cast
+
     storage = get_manager().get_profile_storage()
     statement = query._impl.get_query(query.as_dict()).query.statement  # aiida-core's compiled SQLAlchemy statement
+    # JSON values come as their text and are decoded here: most are scalars (a state, a uuid, a number), which need
+    # no call of `json.loads` (about 10 µs each, the most of a status of 10⁵ structures).
+    columns = list(statement.selected_columns)
+    decoded = [index for index, column in enumerate(columns) if isinstance(column.type, JSON)]
+    if decoded:
+        statement = statement.with_only_columns(
+            *(cast(column, Text) if index in decoded else column for index, column in enumerate(columns))
+        )
     if batch_size:
         statement = statement.execution_options(yield_per=batch_size)
     session = storage.get_session()
@@ -133,13 +167,31 @@ def query_rows(query: orm.QueryBuilder, batch_size: int | None = None) -> Iterat
         first = next(rows, None)
         if first is None:
             return
-        columns = [index for index, value in enumerate(first) if isinstance(value, uuid.UUID)]  # UUID columns
+        uuids = [index for index, value in enumerate(first) if isinstance(value, uuid.UUID)]  # UUID columns
         for row in itertools.chain((first,), rows):
-            if columns:
+            if uuids or decoded:
                 row = list(row)
-                for index in columns:
+                for index in uuids:
                     row[index] = str(row[index])
+                for index in decoded:
+                    row[index] = _json_value(row[index])
             yield tuple(row)
+
+
+_JSON_CONSTANTS = {'true': True, 'false': False, 'null': None}
+
+
+def _json_value(text: str | None) -> Any:
+    """Return the value of the JSON ``text`` (``None`` for SQL ``NULL``), as ``json.loads``: scalars without it."""
+    if text is None:
+        return None
+    if text[:1] == '"' and '\\' not in text:
+        return text[1:-1]
+    if text in _JSON_CONSTANTS:
+        return _JSON_CONSTANTS[text]
+    if text.isdigit() and text.isascii():
+        return int(text)
+    return json.loads(text)
 
 
 def read_attributes(nodes: Mapping[str, orm.Node | int], keys: Sequence[str]) -> dict[str, tuple]:
@@ -358,7 +410,6 @@ def store_new_nodes(nodes: Sequence[orm.Node]) -> None:
     outputs of a process, which aiida-core never takes from the cache either.
     """
     from aiida.storage.psql_dos.orm.utils import disable_expire_on_commit
-    from sqlalchemy import insert
 
     if not nodes:
         return
@@ -383,8 +434,7 @@ def store_new_nodes(nodes: Sequence[orm.Node]) -> None:
             for node in nodes
             for link in node.base.links.incoming_cache
         ]
-        for chunk in _chunks(rows):
-            session.execute(insert(table), list(chunk))
+        insert_rows(session, table, rows)
     for node in nodes:
         node.base.links.incoming_cache = []
     if storage.autogroup.is_to_be_grouped(nodes[0]):
@@ -416,20 +466,15 @@ def add_nodes_by_pk(group: orm.Group, pks: Sequence[int]) -> None:
     ``Group.add_nodes`` needs the nodes as ORM objects, checks each one as stored (a query per node expired by a
     commit) and guards against duplicates; new nodes need neither.
     """
-    from sqlalchemy import insert
-
     storage = group.backend
     table = storage._get_mapper_from_entity(EntityTypes.GROUP_NODE, False)[0].local_table
     rows = [{'dbnode_id': int(pk), 'dbgroup_id': group.pk} for pk in pks]
     with storage.transaction() as session:
-        for chunk in _chunks(rows):
-            session.execute(insert(table), list(chunk))
+        insert_rows(session, table, rows)
 
 
 def _link_by_pk(node: orm.ProcessNode, linked: Mapping[str, Mapping[str, int]]) -> None:
     """Write the ``INPUT_CALC`` links of ``linked`` (``{namespace: {label: pk}}``) to the stored ``node``, in bulk."""
-    from sqlalchemy import insert
-
     rows = [
         {'input_id': int(pk), 'output_id': node.pk, 'label': f'{namespace}__{label}', 'type': LinkType.INPUT_CALC.value}
         for namespace, labels in linked.items()
@@ -446,8 +491,7 @@ def _link_by_pk(node: orm.ProcessNode, linked: Mapping[str, Mapping[str, int]]) 
     storage = node.backend
     table = storage._get_mapper_from_entity(EntityTypes.LINK, False)[0].local_table  # SQLite or PostgreSQL model
     with storage.transaction() as session:
-        for chunk in _chunks(rows):
-            session.execute(insert(table), list(chunk))
+        insert_rows(session, table, rows)
     node.base.caching.rehash()  # the hash covers every input, those linked here included
 
 
