@@ -671,11 +671,16 @@ def _copy_nodes_attached(connection, names: list[str], node_ids, starting: set[i
     ]
     parameters = [f'"{ProcessNode.CHECKPOINT_KEY}"']
     if scrubber is not None:
+        # The private keys with the scrubber's own pattern: one pass over each text (an `instr` per key would read
+        # every row's attributes once per key).
+        search = scrubber._needles.search
+        connection.create_function(
+            'mad_private', 1, lambda text: text is not None and search(text) is not None, deterministic=True
+        )
         conditions.append("substr(node_type, 1, 15) = 'data.core.code.'")
-        needles = [f'"{key}"' for key in _PRIVATE_KEYS]
-        conditions += ['instr(attributes, ?) > 0'] * len(needles)
+        conditions.append('mad_private(attributes)')
         conditions += ['instr(repository_metadata, ?) > 0'] * len(_PRIVATE_FILES)
-        parameters += needles + [f'"{name}"' for name in _PRIVATE_FILES]
+        parameters += [f'"{name}"' for name in _PRIVATE_FILES]
     unsealed = []
     rows = connection.execute(
         f'SELECT id, node_type, attributes, repository_metadata FROM main.db_dbnode WHERE {" OR ".join(conditions)}',
