@@ -619,60 +619,43 @@ def _fix_node(node_type: str, attributes: str | None, repository: str, scrubber:
     return attributes, repository, unsealed
 
 
-def _copy_nodes(source: _Source, connection, table, names: list[str], node_ids, starting: set[int], scrubber):
-    """Copy the node rows ``node_ids`` through Python, batch by batch, each row passed through :func:`_fix_node`.
+def _copy_nodes(source: _Source, connection, table, names: list[str], node_ids: Sequence[int]) -> None:
+    """Copy the node rows ``node_ids`` as stored into the archive's ``db_dbnode``; their pks into ``mad_selected``.
 
-    :return: ``(users, computers, repository keys, unsealed pks, uuids of the starting nodes)``.
+    From an attached SQLite profile with one ``INSERT ... SELECT``; from PostgreSQL batch by batch, the rows as the
+    driver gives them (no per-row Python). :func:`_fix_nodes` then changes the few rows that need it.
     """
-    at = {name: index for index, name in enumerate(names)}
-    users, computers, keys, unsealed, starting_uuids = set(), set(), set(), [], []
+    connection.execute('CREATE TEMP TABLE mad_selected (id INTEGER PRIMARY KEY)')
+    connection.executemany('INSERT INTO temp.mad_selected VALUES (?)', ((pk,) for pk in node_ids))
+    if source.attached is not None:
+        columns = ', '.join(f'"{name}"' for name in names)
+        connection.execute(
+            f'INSERT INTO main.db_dbnode ({columns}) SELECT {columns} FROM src.db_dbnode '
+            'WHERE id IN (SELECT id FROM temp.mad_selected) ORDER BY id'
+        )
+        return
     for batch in _batches(node_ids):
         _, rows = source.select(table, 'id', batch, names)
-        out = []
-        for row in rows:
-            row = list(row)
-            attributes, repository, is_unsealed = _fix_node(
-                row[at['node_type']], row[at['attributes']], row[at['repository_metadata']], scrubber
-            )
-            row[at['attributes']], row[at['repository_metadata']] = attributes, repository
-            if is_unsealed:
-                unsealed.append(row[at['id']])
-            users.add(row[at['user_id']])
-            if row[at['dbcomputer_id']] is not None:
-                computers.add(row[at['dbcomputer_id']])
-            if repository != '{}':
-                keys.update(_KEY_PATTERN.findall(repository))
-            if row[at['id']] in starting:
-                starting_uuids.append(row[at['uuid']])
-            out.append(row)
-        _insert(connection, table.name, names, out)
-    return users, computers, keys, unsealed, starting_uuids
+        _insert(connection, table.name, names, rows)
 
 
-def _copy_nodes_attached(connection, names: list[str], node_ids, starting: set[int], scrubber):
-    """Copy the node rows ``node_ids`` from the attached profile (``src``) with one ``INSERT ... SELECT``.
+def _fix_nodes(connection, starting: set[int], scrubber: _Scrubber | None):
+    """Pass the copied node rows that need it through :func:`_fix_node`; collect what the rest of the archive needs.
 
-    Only the rows :func:`_fix_node` may change are read into Python and updated: process nodes with a checkpoint or
-    not sealed, and (scrubbing) codes and the rows whose text holds a private key or a private file name. The pks
-    go to the temporary table ``mad_selected`` (the links are copied with it). Returns what :func:`_copy_nodes` does.
+    Only those rows are read into Python and updated: process nodes with a checkpoint or not sealed, and (scrubbing)
+    codes and the rows whose text holds a private key (the scrubber's own pattern, one pass over each text) or a
+    private file name.
+
+    :return: ``(users, computers, repository keys, unsealed pks, uuids of the starting nodes in pk order)``.
     """
     from aiida.orm import ProcessNode
 
-    connection.execute('CREATE TEMP TABLE mad_selected (id INTEGER PRIMARY KEY)')
-    connection.executemany('INSERT INTO temp.mad_selected VALUES (?)', ((pk,) for pk in node_ids))
-    columns = ', '.join(f'"{name}"' for name in names)
-    connection.execute(
-        f'INSERT INTO main.db_dbnode ({columns}) SELECT {columns} FROM src.db_dbnode '
-        'WHERE id IN (SELECT id FROM temp.mad_selected) ORDER BY id'
-    )
     conditions = [
         "(substr(node_type, 1, 8) = 'process.' AND (attributes IS NULL OR instr(attributes, ?) > 0 "
         'OR instr(attributes, \'"sealed": true\') = 0))'
     ]
     parameters = [f'"{ProcessNode.CHECKPOINT_KEY}"']
     if scrubber is not None:
-        # The private keys with the scrubber's own pattern: one pass over each text (an `instr` per key would read
-        # every row's attributes once per key).
         search = scrubber._needles.search
         connection.create_function(
             'mad_private', 1, lambda text: text is not None and search(text) is not None, deterministic=True
@@ -707,7 +690,7 @@ def _copy_nodes_attached(connection, names: list[str], node_ids, starting: set[i
         "SELECT repository_metadata FROM main.db_dbnode WHERE repository_metadata != '{}'"
     ):
         keys.update(_KEY_PATTERN.findall(repository))
-    starting_uuids = []  # in the order of the pks, as :func:`_copy_nodes` gives them
+    starting_uuids = []
     for batch in _batches(sorted(starting)):
         sql = f'SELECT uuid FROM main.db_dbnode WHERE id IN ({_ints(batch)}) ORDER BY id'
         starting_uuids += [uuid for (uuid,) in connection.execute(sql)]
@@ -780,11 +763,8 @@ def write_archive(
             # Nodes: checkpoints stripped, sealed checked, private keys scrubbed; users, computers and keys collected.
             node_table = models.DbNode.__table__
             names = [column.name for column in node_table.columns]
-            if attached:
-                copied = _copy_nodes_attached(connection, names, node_ids, starting, scrubber)
-            else:
-                copied = _copy_nodes(source, connection, node_table, names, node_ids, starting, scrubber)
-            users, computers, keys, unsealed, starting_uuids = copied
+            _copy_nodes(source, connection, node_table, names, node_ids)
+            users, computers, keys, unsealed, starting_uuids = _fix_nodes(connection, starting, scrubber)
             if unsealed:
                 raise ExportValidationError(
                     'All ProcessNodes must be sealed before they can be exported. '
