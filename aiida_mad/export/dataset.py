@@ -42,6 +42,8 @@ def dft_workchains_by_subset(dataset) -> dict[str, list[int]]:
     """
     from aiida import orm
 
+    from aiida_mad.calculations.bulk import query_rows
+
     index = dataset.index()
     by_subset: dict[str, list] = {}
     for subset in sorted(set(index['subset'].tolist())):
@@ -51,7 +53,7 @@ def dft_workchains_by_subset(dataset) -> dict[str, list[int]]:
             query = orm.QueryBuilder().append(
                 orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}}, project=['uuid', 'id']
             )
-            rows.extend(query.iterall())
+            rows.extend(query_rows(query))  # plain values: 10⁵ work chains
         by_subset[subset] = [pk for _, pk in sorted(rows)]
     tables = dataset.selection.get('atomic_energies', [])
     if tables:
