@@ -500,13 +500,18 @@ def _add_member(archive: zipfile.ZipFile, name: str, content: bytes, compression
         content = compressor.compress(content) + compressor.flush()
         info.compress_type = zipfile.ZIP_DEFLATED
     info.compress_size = len(content)
+    _append_member(archive, info, lambda handle: handle.write(content))
+
+
+def _append_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, write) -> None:
+    """Append the member ``info`` (sizes and CRC set) to ``archive``: its header, then ``write(file)`` its data."""
     info.external_attr = 0o600 << 16  # as ``writestr``
     info.header_offset = archive.fp.tell()
     archive.fp.write(info.FileHeader())
-    archive.fp.write(content)
+    write(archive.fp)
     archive.start_dir = archive.fp.tell()
     archive.filelist.append(info)
-    archive.NameToInfo[name] = info
+    archive.NameToInfo[info.filename] = info
     archive._didModify = True
 
 
@@ -578,15 +583,12 @@ def _add_file_member(
     info = zipfile.ZipInfo(name, date_time)
     info.file_size, info.CRC, info.compress_size = deflated.size, deflated.crc, deflated.compressed_size
     info.compress_type = zipfile.ZIP_DEFLATED
-    info.external_attr = 0o600 << 16
-    info.header_offset = archive.fp.tell()
-    archive.fp.write(info.FileHeader())
-    with deflated.path.open('rb') as handle:
-        shutil.copyfileobj(handle, archive.fp, 1 << 22)
-    archive.start_dir = archive.fp.tell()
-    archive.filelist.append(info)
-    archive.NameToInfo[name] = info
-    archive._didModify = True
+
+    def write(target) -> None:
+        with deflated.path.open('rb') as handle:
+            shutil.copyfileobj(handle, target, 1 << 22)
+
+    _append_member(archive, info, write)
 
 
 def _insert(connection: sqlite3.Connection, table: str, names: Sequence[str], rows: Sequence[Sequence]) -> None:
