@@ -73,16 +73,20 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
+import itertools
 import json
 import operator
 import os
 import pathlib
+import queue
 import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -90,6 +94,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from aiida import orm
+
+from .zipwriter import ZipWriter
 
 __all__ = [
     'DEFAULT_COMPRESSION',
@@ -291,6 +297,9 @@ def _write_with_create_archive(pks: list[int], path: pathlib.Path, compression: 
 #: Rows per query (``id IN (...)``) and per insert of the bulk writer.
 _BATCH = 10_000
 
+#: Queries the fetching thread may run ahead of the inserts (PostgreSQL; each holds up to :data:`_BATCH` rows).
+_AHEAD = 4
+
 #: Copy the rows of a SQLite profile inside SQLite (``ATTACH`` and ``INSERT ... SELECT``); ``False``: through Python,
 #: as for PostgreSQL (the tests write archives both ways).
 _ATTACH_SQLITE = True
@@ -341,8 +350,8 @@ class _Source:
         self.attached, self.prefix = connection, 'src.'
         return True
 
-    def rows(self, sql: str) -> list[tuple]:
-        """Return the rows of ``sql``.
+    def rows(self, sql: str, parameters: Sequence | None = None) -> list[tuple]:
+        """Return the rows of ``sql`` (with ``parameters``: PostgreSQL only).
 
         Through the session's own database connection (its transaction), or through the archive's connection once
         the profile is attached (tables then named with :attr:`prefix`).
@@ -351,13 +360,16 @@ class _Source:
             return self.attached.execute(sql).fetchall()
         cursor = self.session.connection().connection.cursor()
         try:
-            cursor.execute(sql)
+            cursor.execute(sql) if parameters is None else cursor.execute(sql, parameters)
             return cursor.fetchall()
         finally:
             cursor.close()
 
-    def select(self, table, where: str, values: Sequence[int], columns: Sequence[str] | None = None):
-        """Return the rows of ``table`` (an archive model table) with ``where IN values``, columns as the archive's."""
+    def queries(self, table, where: str, values: Sequence[int], columns: Sequence[str] | None = None, size=_BATCH):
+        """Return ``(names, [(sql, parameters), ...])``: the queries of ``table``'s rows with ``where`` in ``values``.
+
+        ``table`` is an archive model table; ``size`` values per query; the columns as the archive stores them.
+        """
         from aiida.storage.sqlite_zip.models import TZDateTime
         from sqlalchemy import JSON
 
@@ -373,33 +385,98 @@ class _Source:
                 projected.append(f"to_char(\"{name}\" AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
             else:
                 projected.append(f'"{name}"')
-        rows = []
-        for batch in _batches(values):
-            sql = f'SELECT {", ".join(projected)} FROM {self.prefix}{table.name} WHERE {where} IN ({_ints(batch)})'
-            rows.extend(self.rows(sql))
-        return names, rows
+        select = f'SELECT {", ".join(projected)} FROM {self.prefix}{table.name} WHERE {where}'
+        if self.postgres:  # one array parameter: no list to parse
+            return names, [
+                (f'{select} = ANY(%s::integer[]) ORDER BY {where}', (_array(batch),))
+                for batch in _batches(values, size)
+            ]
+        return names, [(f'{select} IN ({_ints(batch)})', None) for batch in _batches(values, size)]
+
+    def select(self, table, where: str, values: Sequence[int], columns: Sequence[str] | None = None, size=_BATCH):
+        """Return ``(names, rows)`` of :meth:`queries`."""
+        names, queries = self.queries(table, where, values, columns, size)
+        return names, [row for sql, parameters in queries for row in self.rows(sql, parameters)]
+
+    def stream(self, queries: Sequence[tuple[str, Sequence | None]]):
+        """Yield the rows of each of ``queries`` (a list each), in order.
+
+        On PostgreSQL a second thread runs them on its own connection, up to :data:`_AHEAD` queries ahead, while the
+        caller inserts the rows it has: the server's work (JSON to text, the transfer) and the archive's inserts
+        overlap. Elsewhere they run one by one, when asked for.
+        """
+        if not self.postgres:
+            for sql, parameters in queries:
+                yield self.rows(sql, parameters)
+            return
+        results: queue.Queue = queue.Queue(maxsize=_AHEAD)
+        stop = threading.Event()
+        bind = self.session.get_bind()
+
+        def fetch() -> None:
+            try:
+                connection = bind.raw_connection()
+                try:
+                    cursor = connection.cursor()
+                    for sql, parameters in queries:
+                        if stop.is_set():
+                            return
+                        cursor.execute(sql, parameters)
+                        results.put((True, cursor.fetchall()))
+                finally:
+                    connection.close()
+                results.put((False, None))
+            except BaseException as exception:  # given to the caller
+                results.put((None, exception))
+
+        thread = threading.Thread(target=fetch, name='mad-archive-fetch', daemon=True)
+        thread.start()
+        try:
+            while True:
+                done, value = results.get()
+                if done is None:
+                    raise value
+                if not done:
+                    return
+                yield value
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a waiting put
+                with contextlib.suppress(queue.Empty):
+                    results.get(timeout=0.05)
+            thread.join()
 
     def process_pks(self, pks: Sequence[int]) -> set[int]:
         """Return those of ``pks`` that are process nodes."""
+        if self.postgres:
+            sql = "SELECT id FROM db_dbnode WHERE id = ANY(%s::integer[]) AND node_type LIKE 'process.%%'"
+            return {pk for (pk,) in self.rows(sql, (_array(pks),))}
         found: set[int] = set()
         for batch in _batches(pks):
             sql = f'SELECT id, node_type FROM {self.prefix}db_dbnode WHERE id IN ({_ints(batch)})'
             found.update(pk for pk, node_type in self.rows(sql) if node_type.startswith('process.'))
         return found
 
-    def neighbours(self, pks: Sequence[int], link_type: str, forward: bool) -> set[int]:
-        """Return the nodes one ``link_type`` link away from ``pks``: its outputs (``forward``) or its inputs."""
+    def neighbours(self, pks: Sequence[int], link_types: Sequence[str], forward: bool) -> list[tuple[int, str]]:
+        """Return ``(pk, link type)`` of the nodes one link of ``link_types`` away from ``pks``.
+
+        Their outputs (``forward``) or their inputs.
+        """
         from aiida.common.links import LinkType
 
         side, other = ('input_id', 'output_id') if forward else ('output_id', 'input_id')
+        kinds = [LinkType(link_type).value for link_type in link_types]  # plain words
+        if self.postgres:  # one query: PostgreSQL hashes a large array and picks the plan for its size
+            sql = f'SELECT {other}, type FROM db_dblink WHERE {side} = ANY(%s::integer[]) AND type = ANY(%s)'
+            return self.rows(sql, (_array(pks), kinds))
         # On SQLite as `+type`, which no index can serve: given `type = ...`, SQLite may walk the index of the link
         # type (every link of that type, for each batch: quadratic) instead of that of the node.
-        column = 'type' if self.postgres else '+type'
-        kind = LinkType(link_type).value  # a plain word
-        found: set[int] = set()
+        words = ', '.join(f"'{kind}'" for kind in kinds)
+        found: list[tuple[int, str]] = []
         for batch in _batches(pks):
-            sql = f"SELECT {other} FROM {self.prefix}db_dblink WHERE {side} IN ({_ints(batch)}) AND {column} = '{kind}'"
-            found.update(pk for (pk,) in self.rows(sql))
+            sql = f'SELECT {other}, type FROM {self.prefix}db_dblink WHERE {side} IN ({_ints(batch)})'
+            sql += f' AND +type IN ({words})'
+            found += self.rows(sql)
         return found
 
 
@@ -416,6 +493,20 @@ _LINK_SIDES = {
 }
 
 
+def _side(link_type: str, forward: bool) -> tuple[bool, bool]:
+    """Return whether the nodes at the start and at the end of a ``link_type`` link are process nodes.
+
+    The start is the link's input if it is followed ``forward``, its output otherwise.
+    """
+    start, end = _LINK_SIDES[link_type]
+    return (start, end) if forward else (end, start)
+
+
+def _array(values: Sequence[int]) -> str:
+    """Return ``values`` as the text of a PostgreSQL integer array (faster to pass than a list of ints)."""
+    return f'{{{_ints(values)}}}'
+
+
 def _ints(values: Sequence[int]) -> str:
     """Return ``values`` as the text of an SQL list (ints only: nothing else can end up in the statement)."""
     return ', '.join(map(str, map(operator.index, values)))
@@ -430,16 +521,20 @@ def _closure(source: _Source, starting: Sequence[int]) -> set[int]:
     result, input to every dataset built from it, would otherwise bring all those links back at each step).
     """
     forward, backward = _traversal_link_types()
-    steps = [(kind, True) for kind in forward] + [(kind, False) for kind in backward]
+    # (forwards?, is the start a process?) -> the link types to follow from there
+    steps = {}
+    for kinds, ahead in ((forward, True), (backward, False)):
+        for kind in kinds:
+            steps.setdefault((ahead, _side(kind, ahead)[0]), []).append(kind)
     selected = set(starting)
     processes = source.process_pks(sorted(selected))
     frontier = {True: sorted(processes), False: sorted(selected - processes)}  # {is a process: pks}
     while frontier[True] or frontier[False]:
         found: dict[bool, set[int]] = {True: set(), False: set()}
-        for kind, ahead in steps:
-            start_is_process, end_is_process = _LINK_SIDES[kind] if ahead else _LINK_SIDES[kind][::-1]
+        for (ahead, start_is_process), kinds in steps.items():
             if frontier[start_is_process]:
-                found[end_is_process] |= source.neighbours(frontier[start_is_process], kind, ahead)
+                for pk, kind in source.neighbours(frontier[start_is_process], kinds, ahead):
+                    found[_side(kind, ahead)[1]].add(pk)
         frontier = {key: sorted(pks - selected) for key, pks in found.items()}
         selected.update(*frontier.values())
     return selected
@@ -477,42 +572,29 @@ class _Scrubber:
         return _dump(scrubbed) if scrubbed != value else metadata
 
 
+def _object_contents(repository, keys: set[str]):
+    """Yield ``(key, content)`` of the repository objects ``keys``.
+
+    From the disk-objectstore container in one pass (:func:`aiida_mad.export.objectstore.iter_object_contents`), or
+    through the repository backend's streams.
+    """
+    from .objectstore import iter_object_contents, supported
+
+    container = getattr(repository, '_container', None)
+    if container is not None and supported(container):
+        yield from iter_object_contents(container, sorted(keys))
+        return
+    for key, stream in repository.iter_object_streams(sorted(keys)):
+        yield key, stream.read()
+
+
 #: Repository objects smaller than this (bytes) are stored without compression: deflating a few hundred bytes costs
 #: more (about 13 µs each, the most of an archive of small arrays) than it saves (about 10 % of them).
 _STORED_BELOW = 512
 
 
-def _add_member(archive: zipfile.ZipFile, name: str, content: bytes, compression: int, date_time: tuple) -> None:
-    """Append the member ``name`` to ``archive`` (open for writing), as ``writestr`` does without its overhead.
-
-    ``writestr`` costs about 40 µs per member (half of it on members of a few hundred bytes): a new info object
-    with the local time, a lock, a writer object, a header written then rewritten. Here: one header, one write.
-    Members of 2 GiB or more (ZIP64) go through ``writestr``.
-    """
-    if len(content) >= zipfile.ZIP64_LIMIT:
-        archive.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED if compression else zipfile.ZIP_STORED)
-        return
-    info = zipfile.ZipInfo(name, date_time)
-    info.file_size = len(content)
-    info.CRC = zlib.crc32(content)
-    if compression and len(content) >= _STORED_BELOW:
-        compressor = zlib.compressobj(compression, zlib.DEFLATED, -15)
-        content = compressor.compress(content) + compressor.flush()
-        info.compress_type = zipfile.ZIP_DEFLATED
-    info.compress_size = len(content)
-    _append_member(archive, info, lambda handle: handle.write(content))
-
-
-def _append_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, write) -> None:
-    """Append the member ``info`` (sizes and CRC set) to ``archive``: its header, then ``write(file)`` its data."""
-    info.external_attr = 0o600 << 16  # as ``writestr``
-    info.header_offset = archive.fp.tell()
-    archive.fp.write(info.FileHeader())
-    write(archive.fp)
-    archive.start_dir = archive.fp.tell()
-    archive.filelist.append(info)
-    archive.NameToInfo[info.filename] = info
-    archive._didModify = True
+#: Declared column types of the archive's schema that hold no text.
+_NUMERIC_TYPES = {'INTEGER', 'BIGINT', 'SMALLINT', 'BOOLEAN', 'FLOAT', 'REAL', 'NUMERIC'}
 
 
 def _replace_texts(connection: sqlite3.Connection, texts: Sequence[str]) -> bool:
@@ -523,7 +605,13 @@ def _replace_texts(connection: sqlite3.Connection, texts: Sequence[str]) -> bool
     before = connection.total_changes
     tables = connection.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'").fetchall()
     for (table,) in tables:
-        columns = [row[1] for row in connection.execute(f'PRAGMA main.table_info("{table}")').fetchall()]
+        columns = [
+            row[1]
+            for row in connection.execute(f'PRAGMA main.table_info("{table}")').fetchall()
+            if row[2].upper() not in _NUMERIC_TYPES  # ids and flags hold no text
+        ]
+        if not columns:
+            continue
         for first in range(0, len(needles), 20):  # one scan of the table per 20 texts
             chunk = needles[first : first + 20]
             assignments, found, parameters = [], [], []
@@ -542,53 +630,54 @@ def _replace_texts(connection: sqlite3.Connection, texts: Sequence[str]) -> bool
     return connection.total_changes > before
 
 
+#: Bytes per chunk of the database's compression (see :func:`_deflate_file`).
+_DEFLATE_CHUNK = 1 << 24
+
+
 class _Deflated(NamedTuple):
-    """A file compressed to a raw deflate stream (the data of a ZIP member) in ``path``."""
+    """A file as the data of a ZIP member: compressed to a raw deflate stream in ``path`` (or the file itself)."""
 
     path: pathlib.Path
     crc: int
     size: int
-    compressed_size: int
+    method: int  # ZIP compression method: 8 deflated, 0 stored
 
 
-def _deflate_file(path: pathlib.Path, level: int) -> _Deflated | None:
-    """Compress the file ``path`` at deflate ``level`` into ``<path>.deflate``, in chunks; ``None`` for level 0.
+def _deflate_file(path: pathlib.Path, level: int, workers: int = 2) -> _Deflated:
+    """Compress the file ``path`` at deflate ``level`` into ``<path>.deflate`` (level 0: only its CRC).
 
-    zlib releases the GIL while it compresses, so this runs in a second thread beside Python work.
+    In chunks of :data:`_DEFLATE_CHUNK` bytes, ``workers`` at a time (zlib releases the GIL while it compresses):
+    each chunk is an independent deflate stream ended by a sync flush (byte-aligned, not final) and the last by the
+    final block, so that their concatenation is one valid stream (as ``pigz`` writes it; each chunk starts without the
+    previous 32 KiB as dictionary, which costs a few bytes per chunk).
     """
-    if not level:
-        return None
+
+    def compress(data: bytes, last: bool) -> bytes:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
     target = path.with_name(path.name + '.deflate')
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     crc = size = 0
-    with path.open('rb') as source, target.open('wb') as handle:
-        while chunk := source.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-            handle.write(compressor.compress(chunk))
-        handle.write(compressor.flush())
-    return _Deflated(target, crc, size, target.stat().st_size)
-
-
-def _add_file_member(
-    archive: zipfile.ZipFile, name: str, path: pathlib.Path, deflated: _Deflated | None, date_time: tuple
-) -> None:
-    """Append the file ``path`` as member ``name``, from its compressed copy ``deflated`` when there is one.
-
-    Without it (no compression) or at ZIP64 sizes, ``ZipFile.write`` writes the member.
-    """
-    if deflated is None or max(deflated.size, deflated.compressed_size) >= zipfile.ZIP64_LIMIT:
-        archive.write(path, name)
-        return
-    info = zipfile.ZipInfo(name, date_time)
-    info.file_size, info.CRC, info.compress_size = deflated.size, deflated.crc, deflated.compressed_size
-    info.compress_type = zipfile.ZIP_DEFLATED
-
-    def write(target) -> None:
-        with deflated.path.open('rb') as handle:
-            shutil.copyfileobj(handle, target, 1 << 22)
-
-    _append_member(archive, info, write)
+    with path.open('rb') as source:
+        if not level:
+            while chunk := source.read(_DEFLATE_CHUNK):
+                crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+            return _Deflated(path, crc, size, 0)
+        with target.open('wb') as handle, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending: collections.deque = collections.deque()
+            chunk = source.read(_DEFLATE_CHUNK)
+            if not chunk:
+                handle.write(compress(b'', True))
+            while chunk:
+                following = source.read(_DEFLATE_CHUNK)
+                crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+                pending.append(pool.submit(compress, chunk, not following))
+                while len(pending) > workers:
+                    handle.write(pending.popleft().result())
+                chunk = following
+            while pending:
+                handle.write(pending.popleft().result())
+    return _Deflated(target, crc, size, 8)
 
 
 def _insert(connection: sqlite3.Connection, table: str, names: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -621,24 +710,25 @@ def _fix_node(node_type: str, attributes: str | None, repository: str, scrubber:
     return attributes, repository, unsealed
 
 
-def _copy_nodes(source: _Source, connection, table, names: list[str], node_ids: Sequence[int]) -> None:
-    """Copy the node rows ``node_ids`` as stored into the archive's ``db_dbnode``; their pks into ``mad_selected``.
+def _copy_nodes(connection, names: list[str], node_ids: Sequence[int], batches) -> None:
+    """Copy the node rows ``node_ids`` as stored into the archive's ``db_dbnode``.
 
-    From an attached SQLite profile with one ``INSERT ... SELECT``; from PostgreSQL batch by batch, the rows as the
-    driver gives them (no per-row Python). :func:`_fix_nodes` then changes the few rows that need it.
+    From an attached SQLite profile (``batches`` is ``None``) with one ``INSERT ... SELECT`` (the pks go to the
+    temporary table ``mad_selected``, which the links' copy reads too); otherwise the rows of
+    ``batches`` (an iterator over the row lists of :meth:`_Source.stream`) as the driver gives them (no per-row
+    Python). :func:`_fix_nodes` then changes the few rows that need it.
     """
-    connection.execute('CREATE TEMP TABLE mad_selected (id INTEGER PRIMARY KEY)')
-    connection.executemany('INSERT INTO temp.mad_selected VALUES (?)', ((pk,) for pk in node_ids))
-    if source.attached is not None:
+    if batches is None:
+        connection.execute('CREATE TEMP TABLE mad_selected (id INTEGER PRIMARY KEY)')
+        connection.executemany('INSERT INTO temp.mad_selected VALUES (?)', ((pk,) for pk in node_ids))
         columns = ', '.join(f'"{name}"' for name in names)
         connection.execute(
             f'INSERT INTO main.db_dbnode ({columns}) SELECT {columns} FROM src.db_dbnode '
             'WHERE id IN (SELECT id FROM temp.mad_selected) ORDER BY id'
         )
         return
-    for batch in _batches(node_ids):
-        _, rows = source.select(table, 'id', batch, names)
-        _insert(connection, table.name, names, rows)
+    for rows in batches:
+        _insert(connection, 'db_dbnode', names, rows)
 
 
 def _fix_nodes(connection, starting: set[int], scrubber: _Scrubber | None):
@@ -657,13 +747,10 @@ def _fix_nodes(connection, starting: set[int], scrubber: _Scrubber | None):
         'OR instr(attributes, \'"sealed": true\') = 0))'
     ]
     parameters = [f'"{ProcessNode.CHECKPOINT_KEY}"']
-    if scrubber is not None:
-        search = scrubber._needles.search
-        connection.create_function(
-            'mad_private', 1, lambda text: text is not None and search(text) is not None, deterministic=True
-        )
+    if scrubber is not None:  # the texts the scrubber looks for (its pattern is these literals), searched by SQLite
         conditions.append("substr(node_type, 1, 15) = 'data.core.code.'")
-        conditions.append('mad_private(attributes)')
+        conditions += ['instr(attributes, ?) > 0'] * len(_PRIVATE_KEYS)
+        parameters += [f'"{key}"' for key in _PRIVATE_KEYS]
         conditions += ['instr(repository_metadata, ?) > 0'] * len(_PRIVATE_FILES)
         parameters += [f'"{name}"' for name in _PRIVATE_FILES]
     unsealed = []
@@ -680,18 +767,13 @@ def _fix_nodes(connection, starting: set[int], scrubber: _Scrubber | None):
                 'UPDATE main.db_dbnode SET attributes = ?, repository_metadata = ? WHERE id = ?',
                 (fixed, fixed_repository, pk),
             )
-    users = {pk for (pk,) in connection.execute('SELECT DISTINCT user_id FROM main.db_dbnode')}
-    computers = {
-        pk
-        for (pk,) in connection.execute(
-            'SELECT DISTINCT dbcomputer_id FROM main.db_dbnode WHERE dbcomputer_id IS NOT NULL'
-        )
-    }
+    pairs = connection.execute('SELECT DISTINCT user_id, dbcomputer_id FROM main.db_dbnode').fetchall()
+    users = {user for user, _ in pairs}
+    computers = {computer for _, computer in pairs if computer is not None}
     keys = set()
-    for (repository,) in connection.execute(
-        "SELECT repository_metadata FROM main.db_dbnode WHERE repository_metadata != '{}'"
-    ):
-        keys.update(_KEY_PATTERN.findall(repository))
+    cursor = connection.execute("SELECT repository_metadata FROM main.db_dbnode WHERE repository_metadata != '{}'")
+    while rows := cursor.fetchmany(_BATCH):  # one search per batch of texts
+        keys.update(_KEY_PATTERN.findall(' '.join(text for (text,) in rows)))
     starting_uuids = []
     for batch in _batches(sorted(starting)):
         sql = f'SELECT uuid FROM main.db_dbnode WHERE id IN ({_ints(batch)}) ORDER BY id'
@@ -719,7 +801,8 @@ def write_archive(
     the repository objects as they are streamed (an object that changes gets the key of its new content).
 
     :return: counts: ``nodes``, ``links``, ``objects`` (repository objects written), ``objects_rewritten``, and
-        ``cpu``: the CPU seconds of each phase (closure, nodes, links, ..., database compression).
+        ``cpu`` and ``wall``: the CPU (this process, all threads) and wall seconds of each phase (closure, nodes,
+        links, ..., database compression).
     :raises aiida.tools.archive.exceptions.ExportValidationError: if a process node of the closure is not sealed.
     """
     import datetime
@@ -736,7 +819,7 @@ def write_archive(
     scrubber = None if private_data else _Scrubber()
     starting = set(pks)
     counts = {'nodes': 0, 'links': 0, 'objects': 0, 'objects_rewritten': 0}
-    counts['cpu'] = {'_start': time.process_time()}
+    counts['cpu'], counts['wall'] = {'_start': time.process_time()}, {'_start': time.perf_counter()}
 
     with tempfile.TemporaryDirectory(prefix='.mad-archive-', dir=path.parent) as work:
         database = pathlib.Path(work) / utils.DB_FILENAME
@@ -763,9 +846,18 @@ def write_archive(
 
             _phase(counts, 'closure')
             # Nodes: checkpoints stripped, sealed checked, private keys scrubbed; users, computers and keys collected.
-            node_table = models.DbNode.__table__
+            node_table, link_table = models.DbNode.__table__, models.DbLink.__table__
             names = [column.name for column in node_table.columns]
-            _copy_nodes(source, connection, node_table, names, node_ids)
+            link_names = ['input_id', 'output_id', 'label', 'type']
+            if attached:
+                node_batches = link_batches = None
+            else:  # the links are fetched (PostgreSQL: in a second thread) while the nodes are fixed
+                _, node_queries = source.queries(node_table, 'id', node_ids, names)
+                _, link_queries = source.queries(link_table, 'output_id', node_ids, link_names)
+                batches = source.stream([*node_queries, *link_queries])
+                node_batches = itertools.islice(batches, len(node_queries))
+                link_batches = itertools.islice(batches, len(link_queries))
+            _copy_nodes(connection, names, node_ids, node_batches)
             users, computers, keys, unsealed, starting_uuids = _fix_nodes(connection, starting, scrubber)
             if unsealed:
                 raise ExportValidationError(
@@ -776,8 +868,6 @@ def write_archive(
             _phase(counts, 'nodes')
             # Links between two exported nodes: exactly those the traversal walks (every link type is followed in
             # one direction from the node that is always exported with it).
-            link_table = models.DbLink.__table__
-            link_names = ['input_id', 'output_id', 'label', 'type']
             if attached:
                 columns = ', '.join(link_names)
                 counts['links'] = connection.execute(
@@ -787,15 +877,14 @@ def write_archive(
                 ).rowcount
             else:
                 selected = set(node_ids)
-                for batch in _batches(node_ids):
-                    _, rows = source.select(link_table, 'output_id', batch, link_names)
+                for rows in link_batches:
                     rows = [row for row in rows if row[0] in selected]
                     counts['links'] += len(rows)
                     insert(link_table, link_names, rows)
 
             _phase(counts, 'links')
             for model in (models.DbLog, models.DbComment):
-                names, rows = source.select(model.__table__, 'dbnode_id', node_ids)
+                names, rows = source.select(model.__table__, 'dbnode_id', node_ids, size=10 * _BATCH)
                 if model is models.DbComment:
                     users.update(row[names.index('user_id')] for row in rows)
                 insert(model.__table__, names, rows)
@@ -827,7 +916,7 @@ def write_archive(
             _phase(counts, 'logs users computers')
             texts = _texts(scrubber.found) if scrubber is not None else []
 
-            def finish_database() -> _Deflated | None:
+            def finish_database() -> _Deflated:
                 # Second thread: SQLite and zlib work without the GIL while this one streams the repository.
                 changed = _replace_texts(connection, texts)
                 for _, sql in indexes:
@@ -838,77 +927,86 @@ def write_archive(
                 return _deflate_file(database, compression)
 
             # Repository objects, streamed into the ZIP file (those holding a private text rewritten, rekeyed).
-            deflate = {'compression': zipfile.ZIP_DEFLATED, 'compresslevel': compression} if compression else {}
             encoded = [text.encode('utf-8') for text in texts]
             scrubbed_bytes = SCRUBBED.encode('utf-8')
             renamed: dict[str, str] = {}
-            date_time = time.localtime()[:6]
-            with zipfile.ZipFile(path, 'x', **deflate) as target:
-                with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                    database_done = pool.submit(finish_database)
-                    written: set[str] = set()
-                    for key, stream in source.repository.iter_object_streams(sorted(keys)):
-                        content = stream.read()
-                        if encoded and any(text in content for text in encoded):
-                            for text in encoded:
-                                content = content.replace(text, scrubbed_bytes)
-                            renamed[key] = hashlib.sha256(content).hexdigest()
-                            counts['objects_rewritten'] += 1
-                        name = renamed.get(key, key)
-                        if name not in written:
-                            _add_member(target, f'{utils.REPO_FOLDER}/{name}', content, compression, date_time)
-                            written.add(name)
-                            counts['objects'] += 1
-                    _phase(counts, 'repository')
-                    deflated = database_done.result()
-                _phase(counts, 'database: scrub, index, compression')
-                if renamed:
-                    for old, new in renamed.items():
-                        connection.execute(
-                            'UPDATE db_dbnode SET repository_metadata = replace(repository_metadata, ?, ?) '
-                            'WHERE instr(repository_metadata, ?) > 0',
-                            (old, new, old),
-                        )
-                    connection.commit()
-                    connection.execute('VACUUM')
-                    deflated = _deflate_file(database, compression)
-                connection.close()
+            written: set[str] = set()
 
-                archive_format = get_format()
-                rules = {
-                    name: TRAVERSAL_RULES.get(name, rule.default)
-                    for name, rule in GraphTraversalRules.EXPORT.value.items()
-                }
-                metadata = {
-                    'export_version': archive_format.latest_version,
-                    'aiida_version': get_version(),
-                    'key_format': 'sha256',
-                    'compression': compression,
-                    'ctime': datetime.datetime.now().isoformat(),
-                    'creation_parameters': {
-                        'entities_starting_set': {'node': starting_uuids},
-                        'include_authinfos': False,
-                        'include_comments': True,
-                        'include_logs': True,
-                        'graph_traversal_rules': rules,
-                    },
-                }
-                _add_file_member(target, utils.DB_FILENAME, database, deflated, date_time)
-                target.writestr(utils.META_FILENAME, json.dumps(metadata), compress_type=zipfile.ZIP_STORED)
-                # aiida reads the metadata and the database from the first entries of the central directory
-                target.filelist = target.filelist[-2:][::-1] + target.filelist[:-2]
+            def members():
+                for key, content in _object_contents(source.repository, keys):
+                    if encoded and any(text in content for text in encoded):
+                        for text in encoded:
+                            content = content.replace(text, scrubbed_bytes)
+                        renamed[key] = hashlib.sha256(content).hexdigest()
+                        counts['objects_rewritten'] += 1
+                    name = renamed.get(key, key)
+                    if name not in written:
+                        written.add(name)
+                        yield f'{utils.REPO_FOLDER}/{name}', content
+
+            with path.open('xb') as handle:
+                try:
+                    target = ZipWriter(handle, time.localtime()[:6])
+                    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                        database_done = pool.submit(finish_database)
+                        target.add_many(members(), level=compression, stored_below=_STORED_BELOW)
+                        counts['objects'] = len(written)
+                        _phase(counts, 'repository')
+                        deflated = database_done.result()
+                    _phase(counts, 'database: scrub, index, compression')
+                    if renamed:
+                        for old, new in renamed.items():
+                            connection.execute(
+                                'UPDATE db_dbnode SET repository_metadata = replace(repository_metadata, ?, ?) '
+                                'WHERE instr(repository_metadata, ?) > 0',
+                                (old, new, old),
+                            )
+                        connection.commit()
+                        connection.execute('VACUUM')
+                        deflated = _deflate_file(database, compression)
+                    connection.close()
+
+                    rules = {
+                        name: TRAVERSAL_RULES.get(name, rule.default)
+                        for name, rule in GraphTraversalRules.EXPORT.value.items()
+                    }
+                    metadata = {
+                        'export_version': get_format().latest_version,
+                        'aiida_version': get_version(),
+                        'key_format': 'sha256',
+                        'compression': compression,
+                        'ctime': datetime.datetime.now().isoformat(),
+                        'creation_parameters': {
+                            'entities_starting_set': {'node': starting_uuids},
+                            'include_authinfos': False,
+                            'include_comments': True,
+                            'include_logs': True,
+                            'graph_traversal_rules': rules,
+                        },
+                    }
+                    target.add_file(
+                        utils.DB_FILENAME, deflated.path, crc=deflated.crc, size=deflated.size, method=deflated.method
+                    )
+                    target.add(utils.META_FILENAME, json.dumps(metadata).encode('utf-8'))
+                    # aiida reads the metadata and the database from the first entries of the central directory
+                    target.close(first=(utils.META_FILENAME, utils.DB_FILENAME))
+                except BaseException:
+                    handle.close()
+                    path.unlink()  # no half-written archive
+                    raise
         finally:
             connection.close()
     _phase(counts, 'central directory')
-    del counts['cpu']['_start']
+    del counts['cpu']['_start'], counts['wall']['_start']
     return counts
 
 
 def _phase(counts: dict, name: str) -> None:
-    """Record the CPU seconds since the previous phase under ``counts['cpu'][name]``."""
-    now = time.process_time()
-    counts['cpu'][name] = now - counts['cpu'].pop('_start')
-    counts['cpu']['_start'] = now
+    """Record the CPU and wall seconds since the previous phase under ``counts['cpu'][name]``, ``counts['wall']``."""
+    for kind, clock in (('cpu', time.process_time), ('wall', time.perf_counter)):
+        now = clock()
+        counts[kind][name] = now - counts[kind].pop('_start')
+        counts[kind]['_start'] = now
 
 
 def archive_summary(path: str | os.PathLike) -> dict[str, Any]:

@@ -523,3 +523,62 @@ def test_bulk_writer_gives_what_create_archive_gives(nodes, tmp_path, monkeypatc
         assert bulk['nodes'][uuid] == node, (uuid, node['class'])
     assert bulk['links'] == reference['links'] and len(bulk['links']) > len(bulk['nodes'])
     assert bulk['computers'] == reference['computers'] and bulk['users'] == reference['users']
+
+
+#: In a PostgreSQL profile: import the archives ``{subset: path}`` of ``argv[1]``, then write each subset's archive of
+#: the same work chains (the starting set of its archive) with the bulk writer and with ``create_archive``, published
+#: and private, into ``argv[2]/<writer>-<private>``. Prints ``{"<writer>-<private>": {subset: path}}``.
+POSTGRES_EXPORT = """
+    import json, pathlib, zipfile
+    from aiida import orm
+    from aiida.tools.archive import import_archive
+    from aiida_mad.export.archive import export_subset_archives
+
+    paths, target = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2])
+    subsets = {}
+    for subset, path in paths.items():
+        import_archive(path)
+        with zipfile.ZipFile(path) as archive:
+            starting = json.loads(archive.read('metadata.json'))['creation_parameters']['entities_starting_set']
+        subsets[subset] = [orm.load_node(uuid) for uuid in starting['node']]
+    written = {}
+    for writer in ('aiida', 'bulk'):
+        for private_data in (False, True):
+            folder = target / f'{writer}-{private_data}'
+            found = export_subset_archives(subsets, folder, writer=writer, private_data=private_data)
+            written[f'{writer}-{private_data}'] = {subset: str(path) for subset, path in found.items()}
+    print(json.dumps(written))
+"""
+
+
+def test_bulk_writer_on_postgresql_gives_what_create_archive_gives(nodes, tmp_path):
+    """On PostgreSQL (the rows come as text from the server, fetched by a second thread, the graph walked with array
+    parameters), the bulk writer's archives hold what ``create_archive`` + ``scrub_archive`` give: the same rows,
+    repository objects and metadata, published and private. The profile holds the private archives of the three
+    subsets, imported (so the private texts are there to be scrubbed)."""
+    from tests.reliability.postgres import PostgresProfile, postgres_cluster
+
+    private = export_subset_archives(
+        {subset: nodes[subset] for subset in SUBSETS}, tmp_path / 'source', private_data=True
+    )
+    with postgres_cluster():
+        profile = PostgresProfile(tmp_path / 'postgres')
+        try:
+            profile.create(daemon=False)
+            output = profile.run(
+                POSTGRES_EXPORT, json.dumps({subset: str(path) for subset, path in private.items()}), str(tmp_path)
+            )
+        finally:
+            profile.delete()
+    written = json.loads(output.strip().splitlines()[-1])
+    for private_data in (False, True):
+        for subset in SUBSETS:
+            reference = archive_content(written[f'aiida-{private_data}'][subset])
+            bulk = archive_content(written[f'bulk-{private_data}'][subset])
+            assert bulk.keys() == reference.keys()
+            for key in reference:
+                assert bulk[key] == reference[key], (subset, private_data, key)
+            assert len(reference['db_dbnode']) > 10 and reference['repository'], subset
+    published = archive_content(written['bulk-False']['mc3d'])
+    kept = archive_content(written['bulk-True']['mc3d'])
+    assert published['db_dbuser'] != kept['db_dbuser'] and published['repository'] != kept['repository']
