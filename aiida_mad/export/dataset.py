@@ -42,19 +42,14 @@ def dft_workchains_by_subset(dataset) -> dict[str, list[int]]:
     """
     from aiida import orm
 
-    from aiida_mad.calculations.bulk import query_rows
+    from .archive import workflow_pks
 
     index = dataset.index()
     by_subset: dict[str, list] = {}
     for subset in sorted(set(index['subset'].tolist())):
         uuids = sorted(set(index['dft_uuid'][index['subset'] == subset].tolist()) - {''})
-        rows = []
-        for first in range(0, len(uuids), 5_000):
-            query = orm.QueryBuilder().append(
-                orm.WorkflowNode, filters={'uuid': {'in': uuids[first : first + 5_000]}}, project=['uuid', 'id']
-            )
-            rows.extend(query_rows(query))  # plain values: 10⁵ work chains
-        by_subset[subset] = [pk for _, pk in sorted(rows)]
+        found = workflow_pks(uuids)  # plain values: 10⁵ work chains
+        by_subset[subset] = [found[uuid] for uuid in uuids if uuid in found]
     tables = dataset.selection.get('atomic_energies', [])
     if tables:
         query = orm.QueryBuilder()

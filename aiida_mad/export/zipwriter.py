@@ -12,6 +12,7 @@ No AiiDA here: this module is imported by the archive writer and tested alone.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import struct
@@ -51,6 +52,24 @@ def dos_date_time(date_time: tuple) -> tuple[int, int]:
     """Return ``(dosdate, dostime)`` of ``(year, month, day, hour, minute, second)``, as ZIP headers store them."""
     year, month, day, hour, minute, second = date_time[:6]
     return (year - 1980) << 9 | month << 5 | day, hour << 11 | minute << 5 | second // 2
+
+
+def _copy(source: BinaryIO, target: BinaryIO, size: int) -> None:
+    """Append the ``size`` bytes of the file ``source`` to ``target``: in the kernel where it can, else in chunks."""
+    target.flush()
+    copied = 0
+    try:
+        while copied < size:
+            step = os.copy_file_range(source.fileno(), target.fileno(), size - copied)
+            if not step:
+                break
+            copied += step
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass  # no copy_file_range (or not between these files): the rest in chunks
+    if copied < size:
+        source.seek(copied)
+        shutil.copyfileobj(source, target, 1 << 22)
+    target.seek(0, os.SEEK_END)
 
 
 class ZipWriter:
@@ -141,7 +160,7 @@ class ZipWriter:
         self._members.append(_Member(encoded, crc, compressed_size, size, method, self._position))
         self._handle.write(header)
         with open(path, 'rb') as source:
-            shutil.copyfileobj(source, self._handle, 1 << 22)
+            _copy(source, self._handle, compressed_size)
         self._position += len(header) + compressed_size
 
     def _flush(self) -> None:
