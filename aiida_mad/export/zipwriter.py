@@ -75,21 +75,17 @@ def _copy(source: BinaryIO, target: BinaryIO, size: int) -> None:
 class ZipWriter:
     """Write a ZIP file member by member: :meth:`add` (bytes), :meth:`add_file` (a file), then :meth:`close`.
 
-    :param handle: a binary file open for writing, at the position where the ZIP file starts (usually 0).
+    :param handle: a new binary file open for writing (the ZIP file starts at its beginning).
     :param date_time: the modification time of every member.
     """
 
     def __init__(self, handle: BinaryIO, date_time: tuple):
         self._handle = handle
-        self._start = handle.tell()
         self._position = 0
         self._date, self._time = dos_date_time(date_time)
         self._members: list[_Member] = []
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._members)
 
     def _local_header(self, name: bytes, crc: int, compressed_size: int, size: int, method: int) -> bytes:
         extra = b''
