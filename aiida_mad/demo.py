@@ -276,7 +276,7 @@ class Demo:
         :raises DemoError: if the builder cannot be made, or if the work chain taken did not finish successfully (the
             message names it and the command to inspect it).
         """
-        from aiida.engine import submit
+        from aiida_mad.controllers.broker import submit  # aiida's, connected anew after a daemon restart
 
         name = process_class.__name__
 
@@ -442,8 +442,7 @@ class Demo:
 
     def stage_isolated_atoms(self) -> str:
         """Compute the isolated atoms of the elements present that have no energy at this fingerprint yet."""
-        from aiida.engine import submit
-
+        from aiida_mad.controllers.broker import submit  # aiida's, connected anew after a daemon restart
         from aiida_mad.workflows.dataset import find_atomic_energies
         from aiida_mad.workflows.isolated_atoms import IsolatedAtomsWorkChain
 

@@ -43,6 +43,21 @@ def daemon_client(aiida_profile):
         stop_daemon(client)
 
 
+@pytest.fixture
+def started_daemon_client(daemon_client):
+    """Override aiida-core's fixture: the daemon runs, and this process is connected to its current broker.
+
+    A test that stopped and started the daemon gave it a new ZeroMQ broker, on new sockets.
+    """
+    from aiida_mad.controllers.broker import connected_runner
+
+    if not daemon_client.is_daemon_running:
+        daemon_client.start_daemon()
+        assert daemon_client.is_daemon_running
+    connected_runner()
+    return daemon_client
+
+
 @functools.cache
 def real_pw_version() -> str:
     """Return the version the real pw.x prints (read once per session)."""

@@ -163,10 +163,10 @@ def restart_running_daemon() -> None:
     except Exception:  # a profile without a broker has no daemon to restart
         return
     if running:
-        from tests.daemon import stop_daemon
+        from tests.daemon import start_daemon, stop_daemon
 
         stop_daemon(client)
-        client.start_daemon()
+        start_daemon(client)
 
 
 @pytest.fixture(scope='session')

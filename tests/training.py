@@ -20,6 +20,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 from aiida import orm
 from aiida.common.exceptions import NotExistent
@@ -151,19 +152,24 @@ def _load(key: str):
         return None
 
 
-def choose_seed(uuids, fractions, *, learned=()) -> int:
+def choose_seed(uuids, fractions, *, learned=(), forced=()) -> int:
     """Return the smallest seed whose stable split of ``uuids`` puts at least one of them in every split.
 
     The periodic frames are passed: metatrain divides by the number of stress values of a split, so a split of
     only molecules (no stress) cannot be validated on stress. The frames ``learned`` must be in ``train`` or ``val``:
-    a model only knows the elements of those splits (the H2 molecule is the only frame with H).
+    a model only knows the elements of those splits (the H2 molecule is the only frame with H). One of the frames
+    ``forced`` (those with non-zero forces) must be in ``train``: on a training split of the symmetric bulk frame
+    alone, whose forces are ~1e-31 eV/Å, MACE scales its interaction energy by that force RMS (its zero check is
+    exact), so every MACE model predicts the E0 sum to the last bit and two of them have no spread at all.
     """
     from aiida_mad.dataset.splits import assign_split
 
     wanted = {split for split, fraction in zip(('train', 'val', 'test'), fractions, strict=True) if fraction > 0}
     for seed in range(1000):
-        if {assign_split(uuid, seed, fractions) for uuid in uuids} >= wanted and all(
-            assign_split(uuid, seed, fractions) != 'test' for uuid in learned
+        if (
+            {assign_split(uuid, seed, fractions) for uuid in uuids} >= wanted
+            and all(assign_split(uuid, seed, fractions) != 'test' for uuid in learned)
+            and (not forced or any(assign_split(uuid, seed, fractions) == 'train' for uuid in forced))
         ):
             return seed
     raise AssertionError(f'no seed below 1000 splits {len(uuids)} frames into {sorted(wanted)}')
@@ -180,7 +186,8 @@ def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = 
     fractions = [0.5, 0.25, 0.25]
     periodic = [node.inputs.structure.uuid for subset in ('mc3d', 'mc3d-rattled') for node in labelled.nodes(subset)]
     molecules = [node.inputs.structure.uuid for node in labelled.nodes('shiftml-molfrags')]
-    seed = choose_seed(periodic, fractions, learned=molecules)
+    rattled = [node.inputs.structure.uuid for node in labelled.nodes('mc3d-rattled') if node.is_finished_ok]
+    seed = choose_seed(periodic, fractions, learned=molecules, forced=rattled)
     builder = DatasetWorkChain.get_builder()
     builder.name = orm.Str(f'{name}-{labelled.isolated_atoms[:8]}')
     builder.groups = orm.List(list(DFT_GROUPS.values()))
@@ -195,6 +202,8 @@ def training_dataset(labelled, *, name: str = 'train-test', include_dos: bool = 
         # metatrain divides by the number of stress values of a split: each split needs a periodic frame.
         chosen = [(frame.info['subset'], 'stress' in frame.info) for frame in frames if frame.info['split'] == split]
         assert any(has_stress for _, has_stress in chosen), f'seed {seed}: split {split} is {chosen}'
+    train_forces = [np.abs(frame.arrays['forces']).max() for frame in frames if frame.info['split'] == 'train']
+    assert max(train_forces) > 0.01, f'seed {seed}: no training frame with forces ({train_forces} eV/Å)'
     _CACHE[name] = dataset.uuid
     return dataset
 

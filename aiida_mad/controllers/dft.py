@@ -391,12 +391,14 @@ class DftSubmissionController(FromGroupSubmissionController):
         from aiida.engine.utils import instantiate_process
         from aiida.manage import get_manager
 
+        from aiida_mad.controllers.broker import connected_runner
+
         builder = self.get_inputs_and_processclass_from_extras(extras)
         manager = get_manager()
         profile = manager.get_profile()
         if profile.process_control_backend == 'core.zeromq' and not manager.get_daemon_client().is_daemon_running:
             raise InvalidOperation('cannot submit: the daemon is not running (start it with `verdi daemon start`)')
-        runner = manager.get_runner()
+        runner = connected_runner(manager)  # a daemon restart gives a ZeroMQ broker new sockets
         if runner.controller is None:
             raise InvalidOperation(f'cannot submit: profile `{profile.name}` has no broker')
         storage = manager.get_profile_storage()

@@ -213,7 +213,7 @@ class MaceTrainParser(TrainingParser):
         return record
 
     def _checkpoint(self, temporary) -> orm.SinglefileData | None:
-        """Return the newest checkpoint of the run, with the attributes the guards read."""
+        """Return the newest complete checkpoint of the run, with the attributes the guards read."""
         if temporary is None:
             return None
         candidates = []
@@ -221,9 +221,10 @@ class MaceTrainParser(TrainingParser):
             found = checkpoint_epoch(path.name)
             if found:
                 candidates.append((found[1], path.name, path))
-        if not candidates:
+        found = self._newest_complete(candidates)
+        if found is None:
             return None
-        epoch, name, path = max(candidates)
+        epoch, name, path = found
         record = {'architecture': 'mace', **self._dataset_record(), 'energy_reference': 'total'}
         return self._set_checkpoint_attributes(orm.SinglefileData(path, filename=name), record, epoch, name)
 

@@ -29,7 +29,7 @@ from aiida_mad.calculations.metatrain import (
     get_settings,
 )
 from aiida_mad.data.model import ModelData
-from aiida_mad.parsers.training import TrainingParser, energy_target, last_epoch_metrics
+from aiida_mad.parsers.training import TrainingParser, complete_checkpoint, energy_target, last_epoch_metrics
 
 __all__ = ('MetatrainParser', 'parse_final_errors', 'parse_metrics')
 
@@ -196,25 +196,27 @@ class MetatrainParser(TrainingParser):
         """Return the final checkpoint, else the newest intermediate one, as a ``SinglefileData`` with attributes.
 
         After a NaN loss (``nan_epoch``), only a checkpoint written before that epoch is kept: the last good one.
+        A checkpoint the run was stopped while writing (not a complete file) is skipped for the one before it.
         """
-        epoch = last_epoch
         if CHECKPOINT_FILE in names and nan_epoch is None:
             with self.retrieved.base.repository.open(CHECKPOINT_FILE, 'rb') as handle:
-                node = orm.SinglefileData(handle, filename=CHECKPOINT_FILE)
-            source = CHECKPOINT_FILE
-        else:
-            candidates = []
-            if temporary is not None:
-                for path in pathlib.Path(temporary).glob('model_*.ckpt'):
-                    match = _CHECKPOINT_EPOCH.search(path.name)
-                    if match and (nan_epoch is None or int(match.group(1)) < nan_epoch):
-                        candidates.append((int(match.group(1)), path))
-            if not candidates:
-                return None
-            epoch, path = max(candidates)
-            node = orm.SinglefileData(path, filename=path.name)
-            source = path.name
-        return self._set_checkpoint_attributes(node, self._training_record(), epoch, source)
+                if complete_checkpoint(handle):
+                    handle.seek(0)
+                    node = orm.SinglefileData(handle, filename=CHECKPOINT_FILE)
+                    return self._set_checkpoint_attributes(node, self._training_record(), last_epoch, CHECKPOINT_FILE)
+            self.logger.warning(f'{CHECKPOINT_FILE} is incomplete (the run stopped while writing it): skipped')
+        candidates = []
+        if temporary is not None:
+            for path in pathlib.Path(temporary).glob('model_*.ckpt'):
+                match = _CHECKPOINT_EPOCH.search(path.name)
+                if match and (nan_epoch is None or int(match.group(1)) < nan_epoch):
+                    candidates.append((int(match.group(1)), path))
+        found = self._newest_complete(candidates)
+        if found is None:
+            return None
+        epoch, path = found
+        node = orm.SinglefileData(path, filename=path.name)
+        return self._set_checkpoint_attributes(node, self._training_record(), epoch, path.name)
 
     def _training_record(self) -> dict:
         """Return what the inputs say about the training: architecture, dataset, fingerprint, targets."""

@@ -10,13 +10,14 @@ attached with the attributes the guards read, and named in the exit message, for
 from __future__ import annotations
 
 import math
+import zipfile
 
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-__all__ = ('TrainingParser', 'energy_target', 'last_epoch_metrics')
+__all__ = ('TrainingParser', 'complete_checkpoint', 'energy_target', 'last_epoch_metrics')
 
 
 def energy_target(reference: str, gradients) -> dict:
@@ -29,6 +30,20 @@ def energy_target(reference: str, gradients) -> dict:
         'reference': reference,
         'gradients': {name: units[name] for name in gradients},
     }
+
+
+def complete_checkpoint(source) -> bool:
+    """Return whether ``source`` (a path or a seekable binary handle) is a whole ``torch.save`` file.
+
+    ``torch.save`` writes a ZIP archive whose central directory comes last; a run killed while it writes a checkpoint
+    leaves a file without one, which ``torch.load`` refuses ("failed reading zip archive"). Only the directory and the
+    member names are read, not the tensors.
+    """
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return any(name.endswith('data.pkl') for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def last_epoch_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float | None]:
@@ -55,6 +70,18 @@ class TrainingParser(Parser):
         if columns is not None:
             node.base.attributes.set('columns', columns)
         return node
+
+    def _newest_complete(self, candidates: list) -> tuple | None:
+        """Return the largest of ``candidates`` (tuples ending in a path) whose file is a complete checkpoint.
+
+        A newer file that is incomplete (the run was stopped while writing it) is skipped with a warning: restarting
+        from it would fail.
+        """
+        for candidate in sorted(candidates, reverse=True):
+            if complete_checkpoint(candidate[-1]):
+                return candidate
+            self.logger.warning(f'{candidate[-1].name} is incomplete (the run stopped while writing it): skipped')
+        return None
 
     @staticmethod
     def _set_checkpoint_attributes(node: orm.SinglefileData, record: dict, epoch, source: str) -> orm.SinglefileData:

@@ -109,8 +109,9 @@ def test_committee_of_copies_has_zero_spread(predictor, dataset, mace_model):
 
 
 def test_committee_of_different_models_has_positive_spread(mace, predictor, dataset, mace_model):
-    # A second MACE of another width and seed. (Two tiny MACE models differing only in their seed once gave the same
-    # energies to the last bit in CI; a MACE and a PET cannot be one committee: their energy references differ.)
+    # A second MACE of another width and seed (a MACE and a PET cannot be one committee: their energy references
+    # differ). The dataset's training split always holds a frame with forces (``choose_seed``): on the symmetric bulk
+    # frame alone MACE scales its interaction energy by a force RMS of ~1e-31 eV/Å and every model gives the E0 sum.
     other = mace_trained(mace, dataset, seed=1, num_channels=16).outputs.model
     files = [model.base.repository.get_object_content(model.filename, mode='rb') for model in (mace_model, other)]
     assert files[0] != files[1], 'the two models are the same file'

@@ -19,6 +19,7 @@ from aiida_mad.data.dataset import DatasetData
 from aiida_mad.data.model import ModelData
 from aiida_mad.dataset.extxyz import read_extxyz
 from aiida_mad.parsers.metatrain import MetatrainParser, parse_final_errors, parse_metrics
+from aiida_mad.parsers.training import complete_checkpoint
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'metatrain'
 TINY = {
@@ -100,6 +101,27 @@ def test_interrupted_run_keeps_the_newest_intermediate_checkpoint(aiida_localhos
     assert checkpoint.base.attributes.get('epoch') == newest
     assert f'restart from checkpoint model_{newest}.ckpt' in calcfunction.exit_message
     assert 'model' not in results
+
+
+def test_checkpoint_cut_short_by_the_kill_is_skipped(aiida_localhost, fixture_dataset, tmp_path):
+    # The run was killed while writing the checkpoint of epoch 6 (and the final one): torch cannot load either
+    # (no ZIP central directory), so the restart must take the complete checkpoint of epoch 4.
+    case = tmp_path / 'interrupted'
+    shutil.copytree(FIXTURES / 'interrupted', case)
+    whole = (case / 'temporary' / 'model_4.ckpt').read_bytes()
+    assert complete_checkpoint(case / 'temporary' / 'model_4.ckpt')
+    (case / 'temporary' / 'model_6.ckpt').write_bytes(whole[: len(whole) // 2])
+    (case / 'retrieved' / 'model.ckpt').write_bytes(whole[:-30])
+    assert not complete_checkpoint(case / 'temporary' / 'model_6.ckpt')
+    assert not complete_checkpoint(case / 'retrieved' / 'model.ckpt')
+    results, calcfunction = parse(calc_job_node(aiida_localhost, fixture_dataset, str(case)), str(case))
+    checkpoint = results['checkpoint']
+    assert checkpoint.filename == 'model_4.ckpt' and checkpoint.base.attributes.get('epoch') == 4
+    assert checkpoint.get_content('rb') == whole
+    assert 'restart from checkpoint model_4.ckpt' in calcfunction.exit_message
+    (case / 'temporary' / 'model_4.ckpt').write_bytes(whole[:100])
+    results, calcfunction = parse(calc_job_node(aiida_localhost, fixture_dataset, str(case)), str(case))
+    assert 'checkpoint' not in results, 'no complete checkpoint: nothing to restart from'
 
 
 def test_walltime_from_the_scheduler(aiida_localhost, fixture_dataset):

@@ -20,12 +20,25 @@ import pytest
 from aiida import orm
 from aiida.engine import submit
 
+from aiida_mad.controllers.broker import broker_restarted, connected_runner
 from aiida_mad.workflows.active_learning import production_inputs
 from tests.daemon import stop_daemon
 from tests.workflows.test_active_learning import POOL, al_builder, committee  # noqa: F401 (the fixture)
 
 PW_PROCESS_TYPE = 'aiida.calculations:quantumespresso.pw'
 DFT_PROCESS_TYPE = 'aiida.workflows:mad.dft'
+
+
+def daemon_log_tail(client, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of the daemon's and of its broker's logs, to say why a run did not go on."""
+    tails = []
+    for name, path in (('daemon', client.daemon_log_file), ('broker', client._zmq_broker_service_log_file)):
+        try:
+            with open(path, encoding='utf-8', errors='replace') as handle:
+                tails.append(f'--- {name} log {path}:\n' + ''.join(collections.deque(handle, lines)))
+        except OSError as exception:
+            tails.append(f'--- no {name} log: {exception}')
+    return '\n'.join(tails)
 
 
 def wait_for(condition, seconds: float, what):
@@ -37,6 +50,7 @@ def wait_for(condition, seconds: float, what):
 
 
 @pytest.mark.scenario('daemon restarted mid active-learning iteration')
+@pytest.mark.timeout(1800)
 def test_daemon_restart_mid_iteration_repeats_nothing(
     dataset,
     committee,  # noqa: F811 (the fixture of tests/workflows/test_active_learning.py)
@@ -78,7 +92,15 @@ def test_daemon_restart_mid_iteration_repeats_nothing(
     figures['DFT in flight at stop'] = len(in_flight)
 
     started_daemon_client.start_daemon()
-    wait_for(lambda: node.is_terminated, 900, lambda: f'not finished 15 min after the restart: {state()}')
+    # The new daemon has a new ZeroMQ broker: this process, connected to the old one, must connect anew.
+    assert broker_restarted(), 'the daemon restarted with the broker this process was connected to'
+    connected_runner()
+    assert not broker_restarted()
+    wait_for(
+        lambda: node.is_terminated,
+        900,
+        lambda: f'not finished 15 min after the restart: {state()}\n{daemon_log_tail(started_daemon_client)}',
+    )
     assert node.is_finished_ok, f'{node.exit_status} {node.exit_message}: {state()}'
 
     # Exactly one child of every step, one DFT work chain per kept structure: nothing ran twice.

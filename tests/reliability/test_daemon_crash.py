@@ -2,7 +2,8 @@
 
 A labelling campaign of ten one-atom cells (the real pw.x, ``fast`` protocol, two k-points per direction) through the
 real daemon (ZeroMQ broker), four work chains at a time. As soon as a calculation runs, every daemon worker is killed
-with SIGKILL; the daemon is restarted and the controller keeps going until everything is labelled.
+with SIGKILL; the daemon is stopped and started again (a new ZeroMQ broker, on new sockets, which takes over the tasks
+the old one kept on disk) and the same controller keeps going until everything is labelled.
 
 The dataset built from the campaign is then compared with one built from an uninterrupted campaign on copies of the
 same structures (new ``StructureData`` nodes with the same content: the controller's unique key would otherwise see
@@ -26,10 +27,12 @@ from aiida import orm
 from aiida.engine import run_get_node
 from ase.build import bulk
 
+from aiida_mad.controllers.broker import broker_restarted
 from aiida_mad.controllers.dft import DFT_PROCESS_TYPE, SUBMISSION_EXTRA, DftSubmissionController
 from aiida_mad.dataset.frames import content_hash
 from aiida_mad.dataset.splits import assign_split
 from aiida_mad.workflows.dataset import DatasetWorkChain
+from tests.daemon import stop_daemon
 
 OVERRIDES = {'pseudo_family': 'offline', 'kpoints_distance': 1.0}
 SEED = 0
@@ -126,7 +129,12 @@ def test_killed_daemon_workers_lose_and_duplicate_nothing(pw_code, offline_famil
     assert killed
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    started_daemon_client.restart_daemon(wait=True)
+    # Then the daemon is stopped and started again: a new ZeroMQ broker, on new sockets, takes over the tasks the old
+    # one kept on disk. The controller, connected to the old broker, must connect anew before it submits: else the
+    # work chains it submits from now on would stay `created`.
+    stop_daemon(started_daemon_client)
+    started_daemon_client.start_daemon()
+    assert broker_restarted(), 'the daemon started again with the broker this process was connected to'
 
     # Copies of the same structures, labelled without interruption from now on (all at once: the number of work
     # chains in flight changes nothing in a pw.x run), while the crashed campaign goes on.
@@ -153,6 +161,7 @@ def test_killed_daemon_workers_lose_and_duplicate_nothing(pw_code, offline_famil
     figures['workers killed'] = len(killed)
     figures['finished'] = len(finished)
     figures['duplicates'] = 0
+    figures['controller reconnected'] = not broker_restarted()
 
     # The same structures, labelled without interruption, give the same dataset content.
     crashed = build_dataset(controller)
