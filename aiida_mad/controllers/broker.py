@@ -1,7 +1,7 @@
 """A runner whose broker connection survives a restart of the daemon's ZeroMQ broker: :func:`connected_runner`.
 
 aiida-core's ZeroMQ broker service listens on sockets in a new temporary folder each time it starts, and the daemon
-starts it anew on ``verdi daemon start`` or ``restart``. A long-lived process that connected before (the submission
+starts it anew on ``verdi daemon start`` (``verdi daemon restart`` keeps it). A long-lived process that connected before (the submission
 controller of ``aiida-mad dft submit --watch``, the demo) keeps sending to the old sockets, where nothing receives:
 each process it submits afterwards is stored but never run, and stays ``created``. RabbitMQ has no such problem (its
 address does not change), so only a ZeroMQ profile is checked.
@@ -58,7 +58,7 @@ def connected_runner(manager=None):
 
 
 def submit(process, **inputs):
-    """``aiida.engine.submit``, through :func:`connected_runner`: for processes that outlive a daemon restart."""
+    """``aiida.engine.submit``, through :func:`connected_runner`: for processes that outlive a daemon stop and start."""
     from aiida.engine import submit as aiida_submit
 
     connected_runner()
