@@ -1,10 +1,10 @@
 """A runner whose broker connection survives a restart of the daemon's ZeroMQ broker: :func:`connected_runner`.
 
 aiida-core's ZeroMQ broker service listens on sockets in a new temporary folder each time it starts, and the daemon
-starts it anew on ``verdi daemon start`` (``verdi daemon restart`` keeps it). A long-lived process that connected before (the submission
-controller of ``aiida-mad dft submit --watch``, the demo) keeps sending to the old sockets, where nothing receives:
-each process it submits afterwards is stored but never run, and stays ``created``. RabbitMQ has no such problem (its
-address does not change), so only a ZeroMQ profile is checked.
+starts it anew on ``verdi daemon start`` (``verdi daemon restart`` keeps it). A long-lived process that connected
+before (the submission controller of ``aiida-mad dft submit --watch``, the demo) keeps sending to the old sockets,
+where nothing receives: each process it submits afterwards is stored but never run, and stays ``created``. RabbitMQ
+has no such problem (its address does not change), so only a ZeroMQ profile is checked.
 """
 
 from __future__ import annotations
