@@ -121,14 +121,28 @@ def parse_error_tables(log: str) -> dict[str, dict[str, float]]:
     return errors
 
 
-def _count_parameters(path) -> int | None:
+#: An interaction scale below this makes a MACE model predict the sum of its E0s whatever the structure: MACE's
+#: ``rms_forces_scaling`` over training frames whose forces are all ~0 (symmetric cells; MACE replaces only an exact 0
+#: by 1). Two such models agree to the last bit, so a committee of them has no spread.
+NEGLIGIBLE_SCALE = 1e-6
+
+
+def model_facts(path) -> dict:
+    """Return ``n_parameters`` and ``interaction_scale`` (the largest scale of the model's ``ScaleShiftBlock``).
+
+    Either is ``None`` when it cannot be read (a model without a scale block has no ``interaction_scale``).
+    """
     try:
         import torch
 
         model = torch.load(path, map_location='cpu', weights_only=False)
-        return int(sum(parameter.numel() for parameter in model.parameters()))
     except Exception:
-        return None
+        return {'n_parameters': None, 'interaction_scale': None}
+    scale = getattr(getattr(model, 'scale_shift', None), 'scale', None)
+    return {
+        'n_parameters': int(sum(parameter.numel() for parameter in model.parameters())),
+        'interaction_scale': float(torch.as_tensor(scale).abs().max()) if scale is not None else None,
+    }
 
 
 class MaceTrainParser(TrainingParser):
@@ -177,9 +191,16 @@ class MaceTrainParser(TrainingParser):
 
         results = self._results(config, log, arrays, last_epoch, stagetwo)
         with self.retrieved.base.repository.as_path(model_file) as path:
-            results['n_parameters'] = _count_parameters(pathlib.Path(path))
+            results.update(model_facts(pathlib.Path(path)))
             results['n_trainable_parameters'] = results['n_parameters']  # MACE trains every parameter
             model = ModelData(pathlib.Path(path), filename=MODEL_FILE)
+        scale = results['interaction_scale']
+        if scale is not None and scale < NEGLIGIBLE_SCALE:
+            self.logger.warning(
+                f'the interaction energy is scaled by {scale:.3g}: the training frames have (almost) no forces, so '
+                'the model predicts the sum of its E0s whatever the structure; train on frames with forces, or set '
+                'the parameter scaling: no_scaling'
+            )
         attributes = {key: value for key, value in results.items() if key != 'last_epoch_metrics'}
         attributes['targets'] = {'energy': energy_target('total', ('forces', 'stress'))}
         model.base.attributes.set_many(attributes)

@@ -16,6 +16,8 @@ from ase.data import atomic_numbers
 
 from aiida_mad.calculations.mace import CONFIG_FILE, MaceTrainCalculation, parse_e0s
 from aiida_mad.data.model import ModelData
+from aiida_mad.inference.models import Model
+from aiida_mad.parsers.mace import NEGLIGIBLE_SCALE, model_facts
 from tests.training import TINY_MACE, mace_builder, mace_trained, prepare
 
 
@@ -83,6 +85,8 @@ def test_real_training(mace, dataset):
     assert model.base.attributes.get('e0s') == dataset.atomic_energies
     assert model.base.attributes.get('baseline')['fingerprint'] == dataset.fingerprint
     assert model.n_parameters > 0
+    # The training split has frames with forces (tests/training.py::choose_seed): a real interaction scale.
+    assert model.base.attributes.get('interaction_scale') > 0.01
     assert set(model.errors) >= {'train', 'val'}
     metrics = node.outputs.metrics
     assert metrics.get_array('epoch').tolist() == [0, 1]
@@ -101,6 +105,29 @@ def test_real_training(mace, dataset):
     assert used == pytest.approx(expected, abs=1e-10)
     # the model links back to its dataset
     assert dataset.uuid in {link.node.uuid for link in node.base.links.get_incoming().all()}
+
+
+def test_model_facts_read_the_interaction_scale(mace, dataset, tmp_path):
+    # The real model, and a copy whose scale is what MACE's rms_forces_scaling gives on forces of ~1e-31 eV/Å.
+    model = mace_trained(mace, dataset).outputs.model
+    with model.as_path() as path:
+        facts = model_facts(path)
+        module = torch.load(path, map_location='cpu', weights_only=False)
+    assert facts['n_parameters'] == model.n_parameters
+    assert facts['interaction_scale'] == pytest.approx(model.base.attributes.get('interaction_scale'), rel=1e-12)
+    module.scale_shift.scale.fill_(3e-31)
+    torch.save(module, tmp_path / 'degenerate.model')
+    scale = model_facts(tmp_path / 'degenerate.model')['interaction_scale']
+    assert scale == pytest.approx(3e-31) and scale < NEGLIGIBLE_SCALE
+    # Such a model predicts the sum of its E0s to the last bit, whatever the structure: no committee spread.
+    calculator = Model(tmp_path / 'degenerate.model').ase_calculator()
+    for frame in dataset.frames():
+        atoms = frame.copy()
+        atoms.calc = calculator
+        e0s = sum(dataset.atomic_energies[symbol] for symbol in atoms.get_chemical_symbols())
+        assert atoms.get_potential_energy() == pytest.approx(e0s, rel=1e-15, abs=1e-12)
+    (tmp_path / 'broken.model').write_bytes(b'not a model')
+    assert model_facts(tmp_path / 'broken.model') == {'n_parameters': None, 'interaction_scale': None}
 
 
 def test_restart_continues_the_epoch_count(mace, dataset):
