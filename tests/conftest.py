@@ -50,9 +50,10 @@ def started_daemon_client(daemon_client):
     A test that stopped and started the daemon gave it a new ZeroMQ broker, on new sockets.
     """
     from aiida_mad.controllers.broker import connected_runner
+    from tests.daemon import start_daemon
 
     if not daemon_client.is_daemon_running:
-        daemon_client.start_daemon()
+        start_daemon(daemon_client)
         assert daemon_client.is_daemon_running
     connected_runner()
     return daemon_client

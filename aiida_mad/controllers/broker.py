@@ -49,9 +49,8 @@ def connected_runner(manager=None):
     from aiida.manage import get_manager
 
     manager = manager or get_manager()
-    connected, current = _endpoints(manager)
-    if connected is not None and connected != current:
-        LOGGER.info(f'the ZeroMQ broker restarted (was {connected}, now {current}): connecting anew')
+    if broker_restarted(manager):
+        LOGGER.info('the ZeroMQ broker restarted since this process connected to it: connecting anew')
         manager.reset_runner()
         manager.reset_broker()
     return manager.get_runner()

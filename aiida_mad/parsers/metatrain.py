@@ -204,7 +204,7 @@ class MetatrainParser(TrainingParser):
                     handle.seek(0)
                     node = orm.SinglefileData(handle, filename=CHECKPOINT_FILE)
                     return self._set_checkpoint_attributes(node, self._training_record(), last_epoch, CHECKPOINT_FILE)
-            self.logger.warning(f'{CHECKPOINT_FILE} is incomplete (the run stopped while writing it): skipped')
+            self._skip_incomplete(CHECKPOINT_FILE)
         candidates = []
         if temporary is not None:
             for path in pathlib.Path(temporary).glob('model_*.ckpt'):

@@ -80,8 +80,12 @@ class TrainingParser(Parser):
         for candidate in sorted(candidates, reverse=True):
             if complete_checkpoint(candidate[-1]):
                 return candidate
-            self.logger.warning(f'{candidate[-1].name} is incomplete (the run stopped while writing it): skipped')
+            self._skip_incomplete(candidate[-1].name)
         return None
+
+    def _skip_incomplete(self, name: str) -> None:
+        """Warn that the checkpoint ``name`` is not a complete file, and is not the one a restart continues from."""
+        self.logger.warning(f'{name} is incomplete (the run stopped while writing it): skipped')
 
     @staticmethod
     def _set_checkpoint_attributes(node: orm.SinglefileData, record: dict, epoch, source: str) -> orm.SinglefileData:
